@@ -1,0 +1,262 @@
+"""The one place that runs external commands.
+
+Every runtime call goes through :func:`run`: an argv list (never a shell), a
+child in its own process group with an open stdin pipe that is never written
+to, captured output, and a hard timeout after which the whole process group
+gets SIGTERM, then SIGKILL :data:`KILL_GRACE` seconds later. Interactive
+attach, which needs the user's terminal, goes through :func:`run_interactive`.
+Each call is logged with its duration at DEBUG on the ``sprites.runtime``
+logger, which ``--verbose`` shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+from reconciler.errors import RuntimeCallError, RuntimeTimeoutError
+
+logger = logging.getLogger("sprites.runtime")
+
+#: Seconds between SIGTERM and SIGKILL for a call that ran past its timeout.
+KILL_GRACE = 5.0
+#: Once the child has exited, how long to keep reading output that a process
+#: it left behind (a daemonised VM monitor, say) still holds open.
+DRAIN_GRACE = 0.5
+_POLL_INTERVAL = 0.1
+_READ_SIZE = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A command that ran to its end, whatever its exit status."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    duration: float
+
+
+def run(
+    argv: Sequence[str], *, timeout: float, op: str, stdin_open: bool = True
+) -> Completed:
+    """Run ``argv`` to completion and capture its output.
+
+    Raises :class:`RuntimeTimeoutError` when it runs past ``timeout`` seconds
+    (the process group is killed and reaped first) and
+    :class:`RuntimeCallError` when it cannot be started at all.
+    """
+    args = _checked(argv)
+    shown = shlex.join(args)
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE if stdin_open else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        logger.debug("%s -> could not run: %s", shown, exc)
+        raise RuntimeCallError(op, _launch_reason(args[0], exc)) from exc
+
+    try:
+        stdout, stderr, finished = _collect(proc, started + timeout)
+        if not finished:
+            _kill_group(proc)
+            duration = time.monotonic() - started
+            logger.debug("%s -> timed out after %.3fs, killed", shown, duration)
+            raise RuntimeTimeoutError(op, timeout)
+        returncode = proc.wait()
+    except BaseException:
+        # KeyboardInterrupt or the timeout above: the child must not outlive us.
+        if proc.returncode is None:
+            _kill_group(proc)
+        raise
+    finally:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    duration = time.monotonic() - started
+    logger.debug("%s -> exit %d in %.3fs", shown, returncode, duration)
+    text_err = stderr.decode("utf-8", "replace")
+    if returncode != 0 and text_err.strip():
+        logger.debug("%s stderr: %s", args[0], text_err.strip().splitlines()[-1])
+    return Completed(
+        returncode=returncode,
+        stdout=stdout.decode("utf-8", "replace"),
+        stderr=text_err,
+        duration=duration,
+    )
+
+
+def run_interactive(argv: Sequence[str], *, op: str = "attach") -> int:
+    """Run ``argv`` on the caller's terminal (stdin, stdout and stderr
+    inherited) until it exits, and return its exit status.
+
+    The child stays in the terminal's process group so that Ctrl-C reaches
+    it; meanwhile this process ignores SIGINT so that the child alone decides
+    what Ctrl-C means.
+    """
+    args = _checked(argv)
+    shown = shlex.join(args)
+    started = time.monotonic()
+    restore = _shield_sigint()
+    try:
+        try:
+            proc = subprocess.Popen(args, close_fds=True)
+        except OSError as exc:
+            logger.debug("%s -> could not run: %s", shown, exc)
+            raise RuntimeCallError(op, _launch_reason(args[0], exc)) from exc
+        try:
+            returncode = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    finally:
+        restore()
+    logger.debug("%s -> exit %d in %.3fs", shown, returncode, time.monotonic() - started)
+    return returncode
+
+
+def _checked(argv: Sequence[str]) -> list[str]:
+    if isinstance(argv, str):
+        raise TypeError("argv must be a sequence of arguments, not a string")
+    args = list(argv)
+    if not args:
+        raise ValueError("argv must not be empty")
+    for arg in args:
+        if not isinstance(arg, str):
+            raise TypeError(f"argv items must be str, got {type(arg).__name__}")
+        if "\x00" in arg:
+            raise ValueError("argv items must not contain NUL bytes")
+    return args
+
+
+def _launch_reason(program: str, exc: OSError) -> str:
+    detail = exc.strerror or str(exc)
+    return f"cannot run '{program}': {detail}"
+
+
+def _collect(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes, bool]:
+    """Read stdout and stderr until both close, or the child has exited and
+    :data:`DRAIN_GRACE` has passed, or ``deadline``. The flag says whether
+    the child finished before the deadline."""
+    assert proc.stdout is not None and proc.stderr is not None
+    chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
+    exited_at: float | None = None
+    with selectors.DefaultSelector() as selector:
+        for stream in (proc.stdout, proc.stderr):
+            selector.register(stream, selectors.EVENT_READ)
+        while selector.get_map():
+            now = time.monotonic()
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            limit = deadline if exited_at is None else min(deadline, exited_at + DRAIN_GRACE)
+            if now >= limit:
+                break
+            wait = limit - now if exited_at is not None else min(limit - now, _POLL_INTERVAL)
+            for key, _ in selector.select(timeout=wait):
+                data = os.read(key.fd, _READ_SIZE)
+                if data:
+                    chunks[key.fd].append(data)
+                else:
+                    selector.unregister(key.fileobj)
+    stdout = b"".join(chunks[proc.stdout.fileno()])
+    stderr = b"".join(chunks[proc.stderr.fileno()])
+    if proc.poll() is not None:
+        return stdout, stderr, True
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        try:
+            proc.wait(timeout=remaining)
+            return stdout, stderr, True
+        except subprocess.TimeoutExpired:
+            pass
+    return stdout, stderr, False
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the child's process group, SIGKILL whatever is left after
+    :data:`KILL_GRACE` seconds, and reap the child."""
+    pgid = proc.pid  # start_new_session makes the child its group's leader
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE
+    try:
+        proc.wait(timeout=KILL_GRACE)
+    except subprocess.TimeoutExpired:
+        pass
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    _signal_group(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs. Zombies do not count:
+    an orphan may wait a while for init to reap it."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        # Fields after the parenthesised command: state, ppid, pgrp, ...
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def _shield_sigint() -> Callable[[], None]:
+    if threading.current_thread() is not threading.main_thread():
+        return _noop
+    # A Python-level handler, not SIG_IGN: ignored signals survive exec,
+    # handlers are reset to the default in the child.
+    previous = signal.signal(signal.SIGINT, _swallow)
+
+    def restore() -> None:
+        signal.signal(signal.SIGINT, previous)
+
+    return restore
+
+
+def _swallow(signum: int, frame: FrameType | None) -> None:
+    return None
+
+
+def _noop() -> None:
+    return None
+

@@ -1,0 +1,243 @@
+"""The driver for the ``wisp`` command-line runtime.
+
+It speaks the contract in ``wisp-cli.md``: one wisp process per call, names
+validated before they reach argv, ``Failed to <op> Sprite: <reason>`` from the
+last stderr line of a failed call, and a ``list --json`` parser that tolerates
+log lines around the JSON array.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from reconciler.drivers import process
+from reconciler.drivers.base import CallResult, StartRequest
+from reconciler.errors import (
+    InvalidNameError,
+    RuntimeCallError,
+    RuntimeOutputError,
+    SpriteExistsError,
+    SpriteNotFoundError,
+    WispNotFoundError,
+)
+from reconciler.models import units
+from reconciler.models.observed import STATES, Inventory, ObservedSprite
+
+DEFAULT_TIMEOUT = 300.0
+#: How much of an unparseable ``list --json`` output an error shows.
+OUTPUT_EXCERPT_BYTES = 200
+
+_ID_RE = re.compile(r"Started Sprite VM with ID:\s*(\S+)")
+_ADDRESS_RE = re.compile(r"Connection:\s*(\S+)")
+_PID_RE = re.compile(r"\(PID:\s*(\d+)\)")
+_NOT_FOUND_RE = re.compile(r"sprite '[^']*' not found")
+_EXISTS_RE = re.compile(r"sprite '[^']*' already exists")
+_ERROR_PREFIX_RE = re.compile(r"^(?:error|fatal):\s*", re.IGNORECASE)
+
+
+def resolve_wisp(wisp_path: str) -> str | None:
+    """The absolute path of the wisp executable ``wisp_path`` names, or None.
+
+    A value with a ``/`` is a path and must be an executable file; a bare
+    name is looked up on ``PATH``.
+    """
+    if not wisp_path:
+        return None
+    if "/" in wisp_path:
+        candidate = os.path.abspath(os.path.expanduser(wisp_path))
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+        return None
+    found = shutil.which(wisp_path)
+    return os.path.abspath(found) if found else None
+
+
+class WispDriver:
+    """Runs sprites through the ``wisp`` executable. Safe to share between threads."""
+
+    name = "wisp"
+
+    def __init__(self, wisp_path: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        self.wisp_path = wisp_path
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._resolved: str | None = resolve_wisp(wisp_path)
+
+    @property
+    def executable(self) -> str:
+        """The resolved wisp binary; WispNotFoundError if there is none."""
+        with self._lock:
+            if self._resolved is None:
+                self._resolved = resolve_wisp(self.wisp_path)
+            if self._resolved is None:
+                raise WispNotFoundError(self.wisp_path)
+            return self._resolved
+
+    def version(self) -> str:
+        """What ``wisp --version`` prints, e.g. ``wisp 0.9.0``."""
+        completed = self._call("version", ["--version"])
+        return completed.stdout.strip()
+
+    def list(self) -> Inventory:
+        completed = self._call("list", ["list", "--json"])
+        entries = parse_list_output(completed.stdout)
+        sprites = tuple(_observed(entry, index) for index, entry in enumerate(entries))
+        return Inventory(sprites=sprites, raw=completed.stdout)
+
+    def start(self, request: StartRequest) -> CallResult:
+        name = _checked_name(request.name)
+        argv = [
+            "start",
+            name,
+            "--memory",
+            units.format_size(request.memory),
+            "--cpus",
+            str(request.cpus),
+        ]
+        completed = self._call("start", argv)
+        id_match = _ID_RE.search(completed.stdout)
+        address_match = _ADDRESS_RE.search(completed.stdout)
+        return CallResult(
+            stdout=completed.stdout,
+            stderr=completed.stderr,
+            id=id_match.group(1) if id_match else None,
+            address=address_match.group(1) if address_match else None,
+        )
+
+    def kill(self, name: str) -> CallResult:
+        completed = self._call("kill", ["kill", _checked_name(name)])
+        pid_match = _PID_RE.search(completed.stdout)
+        return CallResult(
+            stdout=completed.stdout,
+            stderr=completed.stderr,
+            pid=int(pid_match.group(1)) if pid_match else None,
+        )
+
+    def attach(self, name: str, *, interactive: bool) -> CallResult:
+        argv = ["attach", _checked_name(name)]
+        if not interactive:
+            completed = self._call("attach", argv)
+            return CallResult(stdout=completed.stdout, stderr=completed.stderr)
+        returncode = process.run_interactive([self.executable, *argv], op="attach")
+        if returncode != 0:
+            raise RuntimeCallError("attach", f"exit status {returncode}")
+        return CallResult()
+
+    def logs(self, name: str | None) -> CallResult:
+        argv = ["logs"] if name is None else ["logs", _checked_name(name)]
+        completed = self._call("logs", argv)
+        return CallResult(stdout=completed.stdout, stderr=completed.stderr)
+
+    def close(self) -> None:
+        return None
+
+    def _call(self, op: str, args: Sequence[str]) -> process.Completed:
+        completed = process.run([self.executable, *args], timeout=self.timeout, op=op)
+        if completed.returncode != 0:
+            raise _call_error(op, completed)
+        return completed
+
+
+def _checked_name(name: object) -> str:
+    problem = units.name_problem(name)
+    if problem is not None:
+        raise InvalidNameError(problem)
+    assert isinstance(name, str)
+    return name
+
+
+def failure_reason(stderr: str, returncode: int) -> str:
+    """The reason a failed call gives: its last non-empty stderr line."""
+    for line in reversed(stderr.splitlines()):
+        line = line.strip()
+        if line:
+            return _ERROR_PREFIX_RE.sub("", line) or line
+    return f"exit status {returncode}"
+
+
+def _call_error(op: str, completed: process.Completed) -> RuntimeCallError:
+    reason = failure_reason(completed.stderr, completed.returncode)
+    kind: type[RuntimeCallError] = RuntimeCallError
+    if _NOT_FOUND_RE.search(reason):
+        kind = SpriteNotFoundError
+    elif _EXISTS_RE.search(reason):
+        kind = SpriteExistsError
+    return kind(op, reason, stdout=completed.stdout, stderr=completed.stderr)
+
+
+def parse_list_output(stdout: str) -> list[Any]:
+    """The JSON array in ``wisp list --json`` output, skipping log lines
+    before or after it; RuntimeOutputError when there is none."""
+    candidates = _array_candidates(stdout)
+    # Prefer an array that is alone on its lines; then any whose items are
+    # objects (a log line such as "[1/3] ..." can start with a bracket too).
+    for value, alone in candidates:
+        if alone and _all_objects(value):
+            return value
+    for value, _ in candidates:
+        if _all_objects(value):
+            return value
+    raise RuntimeOutputError("list", f"invalid JSON from 'wisp list --json': {_excerpt(stdout)}")
+
+
+def _array_candidates(text: str) -> list[tuple[list[Any], bool]]:
+    decoder = json.JSONDecoder()
+    found: list[tuple[list[Any], bool]] = []
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        start = offset + (len(line) - len(line.lstrip()))
+        offset += len(line)
+        if not text.startswith("[", start):
+            continue
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(value, list):
+            continue
+        newline = text.find("\n", end)
+        rest = text[end:] if newline < 0 else text[end:newline]
+        found.append((value, not rest.strip()))
+    return found
+
+
+def _all_objects(value: list[Any]) -> bool:
+    return all(isinstance(item, dict) for item in value)
+
+
+def _excerpt(text: str) -> str:
+    return text.encode("utf-8")[:OUTPUT_EXCERPT_BYTES].decode("utf-8", "ignore")
+
+
+def _observed(entry: dict[str, Any], index: int) -> ObservedSprite:
+    def bad(problem: str) -> RuntimeOutputError:
+        return RuntimeOutputError(
+            "list", f"invalid entry {index} from 'wisp list --json': {problem}"
+        )
+
+    ident = entry.get("id")
+    name = entry.get("name")
+    state = entry.get("state")
+    pid = entry.get("pid")
+    address = entry.get("address")
+    if not isinstance(ident, str):
+        raise bad(f"'id' must be a string, got {ident!r}")
+    if not isinstance(name, str):
+        raise bad(f"'name' must be a string, got {name!r}")
+    if state not in STATES:
+        raise bad(f"'state' must be one of {', '.join(STATES)}, got {state!r}")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
+        raise bad(f"'pid' must be an integer, got {pid!r}")
+    if address is not None and not isinstance(address, str):
+        raise bad(f"'address' must be a string, got {address!r}")
+    return ObservedSprite(
+        id=ident, name=name, state=state, pid=pid, address=address, runtime="wisp"
+    )
