@@ -46,9 +46,7 @@ class Completed:
     duration: float
 
 
-def run(
-    argv: Sequence[str], *, timeout: float, op: str, stdin_open: bool = True
-) -> Completed:
+def run(argv: Sequence[str], *, timeout: float, op: str, stdin_open: bool = True) -> Completed:
     """Run ``argv`` to completion and capture its output.
 
     Raises :class:`RuntimeTimeoutError` when it runs past ``timeout`` seconds
@@ -259,4 +257,3 @@ def _swallow(signum: int, frame: FrameType | None) -> None:
 
 def _noop() -> None:
     return None
-
