@@ -145,7 +145,7 @@ class BudgetExceededError(ReconcilerError):
         self.wanted = wanted
         self.limit = limit
         extra = f" ({detail})" if detail else ""
-        super().__init__(f"{dimension} exceeded: {wanted} desired{extra}, limit {limit}")
+        super().__init__(f"{dimension} exceeded: {wanted} desired, limit {limit}{extra}")
 
 
 class OwnershipError(ReconcilerError):

@@ -1,0 +1,385 @@
+"""The ``sprites`` command line (also ``wreckit sprite``).
+
+Thin by design: each command parses its options, calls one engine
+operation and hands the result to a view. Errors become ``❌ <message>``
+(or ``success: false`` with ``--json``) and exit code 1 at one boundary,
+:func:`main`; nothing else exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from reconciler import __version__
+from reconciler.errors import ApprovalError, ReconcilerError, UsageError
+
+if TYPE_CHECKING:
+    from reconciler.engine import Engine
+    from reconciler.models.plan import Plan
+    from reconciler.views.plan import HumanView, JsonView
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONFIRM_PROMPT = "Do you want to perform these actions? Only 'yes' will be accepted: "
+CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SPRITES", "max_content_width": 100}
+
+
+class Failed(click.exceptions.Exit):
+    """An error already reported to the user; exit 1."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+
+
+class SpritesGroup(click.Group):
+    """Runs commands with one error boundary: every error exits 1 (2 is kept
+    for ``plan --detailed-exitcode``), user errors print no traceback."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        code = 0
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+            code = result if isinstance(result, int) else 0
+        except ReconcilerError as error:
+            click.echo(error.render(), err=True)
+            code = 1
+        except click.ClickException as exc:
+            exc.show()
+            code = 1
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            code = 1
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            code = 130
+        sys.exit(code)
+
+
+class State:
+    def __init__(self, config: Path | None, state_dir: Path | None, runtime: str | None) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self.runtime = runtime
+        self._engine: Engine | None = None
+
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from reconciler.engine import Engine
+
+            self._engine = Engine(config_path=self.config, state_dir=self.state_dir, runtime=self.runtime)
+        return self._engine
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def _fail(error: ReconcilerError, as_json: bool, **data: Any) -> NoReturn:
+    from reconciler.views import envelope
+
+    if as_json:
+        click.echo(envelope.to_json(envelope.failed(error, **data)))
+    else:
+        click.echo(error.render(), err=True)
+    raise Failed()
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of human-readable text.")(func)
+
+
+def manifest_option(func: F) -> F:
+    return click.option(
+        "-f", "--file", "manifest", type=click.Path(path_type=Path, dir_okay=False), default=Path("sprites.yaml"),
+        show_default=True, help="The manifest to reconcile.",
+    )(func)
+
+
+def apply_options(func: F) -> F:
+    func = click.option(
+        "--auto-approve", is_flag=True, help="Apply without asking (needed when stdin is not a terminal)."
+    )(func)
+    func = click.option(
+        "--parallelism", type=click.IntRange(min=1, max=1000), default=10, show_default=True,
+        help="Most runtime calls in flight at once.",
+    )(func)
+    func = click.option(
+        "--lock-timeout", default="0", show_default=True, metavar="DURATION",
+        help="How long to wait for another apply on this project (0, 10s, 2m).",
+    )(func)
+    return func
+
+
+@click.group(cls=SpritesGroup, context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="sprites")
+@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="The config.json to use (default: .wreckit/config.json here or above).")
+@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), help="Where state, locks and sockets live (default: $XDG_STATE_HOME/sprites).")
+@click.option("--runtime", type=click.Choice(["auto", "wisp", "builtin", "microvm"]), help="Override agent.runtime from the config.")
+@click.option("-v", "--verbose", is_flag=True, help="Log each runtime call and its duration to stderr.")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None, state_dir: Path | None, runtime: str | None, verbose: bool) -> None:
+    """Declare the sprites you want; sprites makes reality match.
+
+    \b
+    Declarative:  plan, apply, destroy   (a manifest, sprites.yaml)
+    Imperative:   start, list, attach, kill, logs
+
+    Exit status: 0 success, 1 error (with --detailed-exitcode on plan: 2 means changes).
+    """
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[sprites] %(message)s"))
+        logger = logging.getLogger("sprites")
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    ctx.obj = State(config, state_dir, runtime)
+    ctx.call_on_close(lambda: ctx.obj._engine.close() if ctx.obj._engine else None)
+
+
+# -- imperative ------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--memory", metavar="SIZE", help="Memory, e.g. 1GiB (default: agent.defaultMemory).")
+@click.option("--cpus", metavar="COUNT", help="CPUs (default: agent.defaultCPUs).")
+@json_option
+@pass_state
+def start(state: State, name: str, memory: str | None, cpus: str | None, as_json: bool) -> None:
+    """Start one sprite now. It belongs to no manifest: apply and destroy leave it alone."""
+    from reconciler.views import envelope
+
+    try:
+        outcome = state.engine().start(name, memory=memory, cpus=cpus)
+    except ReconcilerError as error:
+        _fail(error, as_json, name=name)
+    _print(envelope.started(outcome.name, outcome.memory, outcome.cpus, outcome.result), as_json)
+
+
+@cli.command("list")
+@json_option
+@pass_state
+def list_(state: State, as_json: bool) -> None:
+    """List the sprites the runtime knows, with their state."""
+    from reconciler.views import envelope
+
+    try:
+        inventory = state.engine().list()
+    except ReconcilerError as error:
+        _fail(error, as_json)
+    _print(envelope.listed(inventory), as_json)
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@pass_state
+def attach(state: State, name: str, as_json: bool) -> None:
+    """Attach to a sprite's console (interactive on a terminal; Ctrl-] detaches).
+
+    Without a terminal, or with --json, print the recent console output and exit.
+    """
+    from reconciler.views import envelope
+
+    interactive = not as_json and sys.stdin.isatty() and sys.stdout.isatty()
+    try:
+        result = state.engine().attach(name, interactive=interactive)
+    except ReconcilerError as error:
+        _fail(error, as_json, name=name)
+    if not interactive:
+        _print(envelope.attached(name, result), as_json)
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@pass_state
+def kill(state: State, name: str, as_json: bool) -> None:
+    """Kill a sprite, whoever started it (an explicit request)."""
+    from reconciler.views import envelope
+
+    try:
+        result = state.engine().kill(name)
+    except ReconcilerError as error:
+        _fail(error, as_json, name=name)
+    _print(envelope.killed(name, result), as_json)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@json_option
+@pass_state
+def logs(state: State, name: str | None, as_json: bool) -> None:
+    """Print the runtime's log lines, for one sprite or all."""
+    from reconciler.views import envelope
+
+    try:
+        result = state.engine().logs(name)
+    except ReconcilerError as error:
+        _fail(error, as_json, name=name)
+    if as_json:
+        _print(envelope.logged(name, result), True)
+    else:
+        click.echo(result.stdout, nl=not result.stdout.endswith("\n"))
+
+
+def _print(document: dict[str, Any], as_json: bool) -> None:
+    from reconciler.views import envelope
+
+    click.echo(envelope.to_json(document) if as_json else envelope.human(document))
+
+
+# -- declarative -----------------------------------------------------------
+
+
+def _view(as_json: bool, *, stream: bool) -> HumanView | JsonView:
+    from reconciler.views.plan import HumanView, JsonView
+
+    return JsonView(stream=stream) if as_json else HumanView()
+
+
+@cli.command()
+@manifest_option
+@click.option("-out", "--out", "out", type=click.Path(path_type=Path, dir_okay=False), help="Save the plan to FILE for `sprites apply FILE`.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 when there are no changes, 1 on error, 2 when there are changes.")
+@click.option("--adopt", is_flag=True, help="Take over running sprites whose names the manifest wants.")
+@click.option("--destroy", is_flag=True, help="Plan to kill every sprite the project owns.")
+@json_option
+@pass_state
+@click.pass_context
+def plan(ctx: click.Context, state: State, manifest: Path, out: Path | None, detailed_exitcode: bool, adopt: bool, destroy: bool, as_json: bool) -> None:
+    """Show what apply would change. Changes nothing."""
+    from reconciler.engine import write_saved_plan
+
+    view = _view(as_json, stream=False)
+    try:
+        result = state.engine().plan(manifest, adopt=adopt, destroy=destroy)
+        view.plan(result)
+        if out is not None:
+            write_saved_plan(result, out)
+            if not as_json:
+                click.echo(f"\nSaved the plan to {out}. Apply exactly it with: sprites apply {out}")
+    except ReconcilerError as error:
+        view.error(error)
+        raise Failed() from None
+    if detailed_exitcode and result.has_changes:
+        ctx.exit(2)
+
+
+@cli.command()
+@click.argument("plan_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@manifest_option
+@apply_options
+@click.option("--adopt", is_flag=True, help="Take over running sprites whose names the manifest wants.")
+@json_option
+@pass_state
+def apply(state: State, plan_file: Path | None, manifest: Path, auto_approve: bool, parallelism: int, lock_timeout: str, adopt: bool, as_json: bool) -> None:
+    """Make the running sprites match the manifest (or apply a saved PLAN_FILE).
+
+    Shows the plan and asks for confirmation on a terminal; without one it
+    refuses unless --auto-approve. A saved plan was the review: applying it
+    does not ask again, and fails if anything changed since it was made.
+    """
+    from reconciler.engine import read_saved_plan
+
+    try:
+        saved = read_saved_plan(plan_file) if plan_file is not None else None
+    except ReconcilerError as error:
+        _fail(error, as_json)
+    _run_apply(state, manifest=None if saved else manifest, project=None, saved=saved, adopt=adopt,
+               destroy=False, auto_approve=auto_approve, parallelism=parallelism, lock_timeout=lock_timeout, as_json=as_json)
+
+
+@cli.command()
+@click.option("-f", "--file", "manifest", type=click.Path(path_type=Path, dir_okay=False), help="The manifest naming the project (default: sprites.yaml).")
+@click.option("-p", "--project", help="Destroy this project's sprites without a manifest.")
+@apply_options
+@json_option
+@pass_state
+def destroy(state: State, manifest: Path | None, project: str | None, auto_approve: bool, parallelism: int, lock_timeout: str, as_json: bool) -> None:
+    """Kill every sprite the project owns. Sprites it does not own are never touched."""
+    if manifest is not None and project is not None:
+        _fail(UsageError("Give either -f FILE or -p PROJECT, not both."), False)
+    if manifest is None and project is None:
+        manifest = Path("sprites.yaml")
+    _run_apply(state, manifest=manifest, project=project, saved=None, adopt=False, destroy=True,
+               auto_approve=auto_approve, parallelism=parallelism, lock_timeout=lock_timeout, as_json=as_json)
+
+
+def _run_apply(state: State, *, manifest: Path | None, project: str | None, saved: Plan | None, adopt: bool,
+               destroy: bool, auto_approve: bool, parallelism: int, lock_timeout: str, as_json: bool) -> None:
+    from reconciler.models import units
+
+    view = _view(as_json, stream=True)
+    try:
+        try:
+            timeout = units.parse_duration(lock_timeout)
+        except ValueError as exc:
+            raise UsageError(f"--lock-timeout: {exc}") from None
+        outcome = state.engine().apply(
+            manifest, project=project, saved=saved, adopt=adopt, destroy=destroy,
+            parallelism=parallelism, lock_timeout=timeout,
+            approve=lambda plan: _confirm(auto_approve, as_json),
+            on_plan=view.plan, on_note=view.note, hooks=view.hooks(),
+        )
+    except ReconcilerError as error:
+        view.error(error)
+        raise Failed() from None
+    view.applied(outcome.result, "destroy" if destroy else "apply")
+    if not outcome.ok:
+        raise Failed()
+
+
+def _confirm(auto_approve: bool, as_json: bool) -> bool:
+    if auto_approve:
+        return True
+    if as_json or not sys.stdin.isatty():
+        raise ApprovalError(
+            "Refusing to apply without confirmation: stdin is not a terminal",
+            hint="Pass --auto-approve to apply non-interactively.",
+        )
+    click.echo("")
+    answer = click.prompt(CONFIRM_PROMPT.rstrip(), default="", show_default=False, prompt_suffix=" ")
+    if answer.strip() != "yes":
+        raise ApprovalError("Apply cancelled.")
+    click.echo("")
+    return True
+
+
+@cli.command("force-unlock")
+@click.argument("project")
+@pass_state
+def force_unlock(state: State, project: str) -> None:
+    """Clear a project's lock left behind by a holder that is gone."""
+    try:
+        click.echo(state.engine().force_unlock(project))
+    except ReconcilerError as error:
+        _fail(error, False)
+
+
+# -- entry points ------------------------------------------------------------
+
+
+@click.group(cls=SpritesGroup, context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="wreckit")
+def wreckit() -> None:
+    """Wreckit: `wreckit sprite <command>` manages sprites."""
+
+
+wreckit.add_command(cli, "sprite")
+
+
+def main() -> None:
+    cli.main(prog_name="sprites")
+
+
+def wreckit_main() -> None:
+    wreckit.main(prog_name="wreckit")

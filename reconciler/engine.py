@@ -1,0 +1,347 @@
+"""The one entry point every front-end calls (CLI, agent tools, watch loop).
+
+The engine owns the config, the state directory and the runtime driver, and
+offers the operations: observe (``list``), imperative ``start``/``kill``/
+``attach``/``logs``, and declarative ``plan``/``apply``/``destroy``. Heavy
+modules (pydantic models, the planner, deepdiff) are imported only by the
+operations that need them, so ``sprites list`` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reconciler import config as config_mod
+from reconciler.drivers.base import CallResult, Driver, StartRequest
+from reconciler.errors import (
+    ApprovalError,
+    BudgetExceededError,
+    InvalidNameError,
+    ReconcilerError,
+    RuntimeUnavailableError,
+    StalePlanError,
+    UsageError,
+    WispNotFoundError,
+)
+from reconciler.models import units
+from reconciler.models.observed import Inventory
+from reconciler.state import StateStore
+
+if TYPE_CHECKING:
+    from reconciler.executor import ApplyHooks, ApplyResult
+    from reconciler.manifest import LoadedManifest
+    from reconciler.models.manifest import Budget
+    from reconciler.models.plan import Plan
+
+log = logging.getLogger("sprites.engine")
+
+
+def check_name(name: str) -> str:
+    problem = units.name_problem(name)
+    if problem:
+        raise InvalidNameError(problem[0].upper() + problem[1:])
+    return name
+
+
+@dataclass
+class StartOutcome:
+    name: str
+    memory: int
+    cpus: int
+    result: CallResult
+
+
+@dataclass
+class ApplyOutcome:
+    plan: Plan
+    result: ApplyResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.result is None or self.result.ok
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        config_path: Path | None = None,
+        state_dir: Path | None = None,
+        runtime: str | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.config = config_mod.load_config(config_path, cwd=cwd)
+        self.config.require_sprite_kind()
+        env_dir = os.environ.get("SPRITES_STATE_DIR")
+        self.state_dir = state_dir or (Path(env_dir) if env_dir else config_mod.default_state_dir())
+        self.store = StateStore(self.state_dir)
+        if runtime is not None and runtime not in config_mod.RUNTIMES:
+            raise UsageError(f"unknown runtime '{runtime}'; expected one of {', '.join(config_mod.RUNTIMES)}")
+        self.runtime = runtime or self.config.agent.runtime
+        self._driver: Driver | None = None
+
+    # -- runtime ---------------------------------------------------------
+
+    @property
+    def driver(self) -> Driver:
+        if self._driver is None:
+            self._driver = self._make_driver()
+        return self._driver
+
+    def _make_driver(self) -> Driver:
+        from reconciler.drivers import wisp
+
+        agent = self.config.agent
+        if self.runtime in ("wisp", "auto"):
+            path = wisp.resolve_wisp(agent.wisp_path)
+            if path is not None:
+                return wisp.WispDriver(path, timeout=agent.timeout)
+            if self.runtime == "wisp":
+                raise WispNotFoundError(agent.wisp_path)
+        if self.runtime == "microvm":
+            return self._microvm_driver()
+        return self._builtin_driver(fallback=self.runtime == "auto")
+
+    def _builtin_driver(self, *, fallback: bool) -> Driver:
+        agent = self.config.agent
+        try:
+            from reconciler.drivers import builtin
+        except ImportError:
+            reason = "the built-in runtime is not installed"
+        else:
+            reason = builtin.unavailable_reason()
+            if reason is None:
+                driver: Driver = builtin.make_driver(
+                    self.state_dir, timeout=agent.timeout, enforce_limits=agent.enforce_limits
+                )
+                return driver
+        if fallback:
+            raise RuntimeUnavailableError(
+                f"No sprite runtime available: wisp was not found at '{agent.wisp_path}' "
+                f"and the built-in runtime cannot run here: {reason}",
+                hint="Install wisp and set agent.wispPath, or fix the built-in runtime's requirement.",
+            )
+        raise RuntimeUnavailableError(f"The built-in runtime cannot run here: {reason}")
+
+    def _microvm_driver(self) -> Driver:
+        try:
+            from reconciler.drivers import microvm  # type: ignore[attr-defined]
+        except ImportError:
+            raise RuntimeUnavailableError("The microvm runtime is not available in this build") from None
+        driver: Driver = microvm.make_driver(self.state_dir, config=self.config.agent)
+        return driver
+
+    def close(self) -> None:
+        if self._driver is not None:
+            self._driver.close()
+
+    # -- imperative ------------------------------------------------------
+
+    def list(self) -> Inventory:
+        return self.driver.list()
+
+    def start(self, name: str, *, memory: str | None = None, cpus: str | None = None) -> StartOutcome:
+        check_name(name)
+        agent = self.config.agent
+        try:
+            size = units.parse_size(memory) if memory is not None else agent.default_memory
+            count = units.parse_cpus(cpus) if cpus is not None else agent.default_cpus
+        except ValueError as exc:
+            raise UsageError(str(exc)[0].upper() + str(exc)[1:]) from None
+        with self.store.host_lock(timeout=max(30.0, agent.timeout)):
+            running = len(self.driver.list().running())
+            if running + 1 > agent.max_vms:
+                raise BudgetExceededError(
+                    "maxVMs", f"{running + 1} sprites", str(agent.max_vms),
+                    detail=f"{running} already running",
+                )
+            result = self.driver.start(StartRequest(name=name, memory=size, cpus=count))
+        return StartOutcome(name, size, count, result)
+
+    def kill(self, name: str) -> CallResult:
+        return self.driver.kill(check_name(name))
+
+    def attach(self, name: str, *, interactive: bool) -> CallResult:
+        return self.driver.attach(check_name(name), interactive=interactive)
+
+    def logs(self, name: str | None) -> CallResult:
+        return self.driver.logs(check_name(name) if name is not None else None)
+
+    # -- declarative -----------------------------------------------------
+
+    def load_manifest(self, path: Path) -> LoadedManifest:
+        from reconciler.manifest import load_manifest
+
+        agent = self.config.agent
+        return load_manifest(path, default_memory=agent.default_memory, default_cpus=agent.default_cpus)
+
+    def budget(self, loaded: LoadedManifest | None) -> Budget:
+        from reconciler.models.manifest import Budget
+
+        limits = loaded.manifest.limits if loaded is not None else None
+        return Budget(
+            host_max_vms=self.config.agent.max_vms,
+            max_vms=limits.maxVMs if limits else None,
+            memory=limits.memory if limits else None,
+            cpus=limits.cpus if limits else None,
+        )
+
+    def plan(
+        self,
+        manifest_path: Path | None = None,
+        *,
+        project: str | None = None,
+        adopt: bool = False,
+        destroy: bool = False,
+        loaded: LoadedManifest | None = None,
+        inventory: Inventory | None = None,
+    ) -> Plan:
+        """Observe and plan; changes nothing."""
+        if loaded is None and manifest_path is not None:
+            loaded = self.load_manifest(manifest_path)
+        return self._plan(loaded, project, adopt=adopt, destroy=destroy, inventory=inventory)
+
+    def _plan(
+        self,
+        loaded: LoadedManifest | None,
+        project: str | None,
+        *,
+        adopt: bool,
+        destroy: bool,
+        inventory: Inventory | None = None,
+    ) -> Plan:
+        from reconciler import planner
+
+        name = loaded.project if loaded is not None else check_name(project or "")
+        state = self.store.load(name)
+        inventory = inventory if inventory is not None else self.driver.list()
+        desired = {} if destroy or loaded is None else loaded.desired
+        return planner.plan(
+            desired,
+            inventory,
+            state.records,
+            self.budget(None if destroy else loaded),
+            project=name,
+            adopt=adopt,
+            operation="destroy" if destroy else "apply",
+            runtime=self.driver.name,
+            manifest_path=str(loaded.path) if loaded is not None else None,
+            manifest_digest=loaded.digest if loaded is not None else None,
+        )
+
+    def apply(
+        self,
+        manifest_path: Path | None = None,
+        *,
+        project: str | None = None,
+        saved: Plan | None = None,
+        loaded: LoadedManifest | None = None,
+        adopt: bool = False,
+        destroy: bool = False,
+        parallelism: int = 10,
+        lock_timeout: float = 0.0,
+        approve: Callable[[Plan], bool] = lambda plan: False,
+        on_plan: Callable[[Plan], None] = lambda plan: None,
+        on_note: Callable[[str], None] = lambda note: None,
+        hooks: Sequence[ApplyHooks] = (),
+    ) -> ApplyOutcome:
+        """Plan under the project's lock, ask ``approve``, and execute."""
+        from reconciler.executor import Executor
+
+        if parallelism < 1:
+            raise UsageError("--parallelism must be at least 1")
+        if saved is not None:
+            destroy = saved.operation == "destroy"
+            if saved.manifest_path is not None:
+                manifest_path = Path(saved.manifest_path)
+            else:
+                project = saved.project
+        if loaded is None and manifest_path is not None:
+            loaded = self.load_manifest(manifest_path)
+        name = loaded.project if loaded is not None else check_name(project or "")
+        with self.store.lock(name, "destroy" if destroy else "apply", timeout=lock_timeout) as notes:
+            for note in notes:
+                on_note(note)
+            inventory = self.driver.list()
+            plan = self._plan(loaded, name, adopt=adopt, destroy=destroy, inventory=inventory)
+            if saved is not None:
+                _check_saved(saved, plan)
+                plan = saved
+            on_plan(plan)
+            if not plan.needs_apply:
+                return ApplyOutcome(plan, None, notes)
+            if (plan.has_changes or plan.adopt) and saved is None and not approve(plan):
+                raise ApprovalError("Apply cancelled.")
+            state = self.store.load(name)
+            executor = Executor(
+                self.driver,
+                state,
+                self.store.save,
+                self.budget(None if destroy else loaded),
+                parallelism=parallelism,
+                hooks=hooks,
+            )
+            result = executor.run(plan, inventory)
+        return ApplyOutcome(plan, result, notes)
+
+    def force_unlock(self, project: str) -> str:
+        return self.store.force_unlock(check_name(project))
+
+
+def _check_saved(saved: Plan, current: Plan) -> None:
+    if saved.manifest_digest != current.manifest_digest:
+        raise StalePlanError(
+            "Saved plan is stale: the manifest changed since the plan was made",
+            hint="Run `sprites plan` again.",
+        )
+    if saved.inventory_digest != current.inventory_digest or saved.changes != current.changes:
+        raise StalePlanError(
+            "Saved plan is stale: the running sprites changed since the plan was made",
+            hint="Run `sprites plan` again.",
+        )
+
+
+def read_saved_plan(path: Path) -> Plan:
+    from pydantic import ValidationError
+
+    from reconciler.models.plan import SavedPlan
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read saved plan {path}: {exc.strerror}") from None
+    try:
+        data: Any = json.loads(raw)
+        return SavedPlan.model_validate(data).plan
+    except (ValueError, ValidationError):
+        raise UsageError(
+            f"{path} is not a saved plan",
+            hint="Save one with `sprites plan -f sprites.yaml -out FILE`, or give a manifest with -f.",
+        ) from None
+
+
+def write_saved_plan(plan: Plan, path: Path) -> None:
+    from reconciler.models.plan import SavedPlan
+
+    data = SavedPlan(plan=plan).model_dump_json(indent=1).encode() + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+__all__ = [
+    "ApplyOutcome",
+    "Engine",
+    "ReconcilerError",
+    "StartOutcome",
+    "check_name",
+    "read_saved_plan",
+    "write_saved_plan",
+]

@@ -1,0 +1,336 @@
+"""Run a plan: bounded parallelism, budget-safe ordering, and a journal.
+
+Each change is one or two steps (a replace or restart kills, then starts).
+The scheduler runs in the calling thread; only runtime calls go to worker
+threads, so the state file is written by one thread. Before each runtime
+call the step's intent (``starting``/``killing``) is saved; after it the
+record is settled. A crash at any moment therefore leaves records that the
+next apply resolves against what the runtime lists (see
+:func:`reconciler.planner.recover`).
+
+Starts are admitted against a ledger of what runs, counting in-flight
+starts as running and in-flight kills as still running, so the sprites
+running at any moment never exceed the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.drivers.base import CallResult, Driver, StartRequest
+from reconciler.errors import ReconcilerError, SpriteNotFoundError
+from reconciler.models.manifest import Budget
+from reconciler.models.observed import Inventory
+from reconciler.models.plan import Action, Change, Plan
+from reconciler.models.state import OwnedRecord, ProjectState
+
+DEFAULT_PARALLELISM = 10
+log = logging.getLogger("sprites.executor")
+
+
+class ApplyHooks:
+    """Listeners for apply progress; override what you need."""
+
+    def pre_step(self, change: Change, step: str) -> None:
+        pass
+
+    def post_step(
+        self, change: Change, step: str, error: ReconcilerError | None, elapsed: float
+    ) -> None:
+        pass
+
+
+@dataclass
+class StepOutcome:
+    change: Change
+    step: str
+    error: ReconcilerError | None
+    elapsed: float
+    result: CallResult | None = None
+
+
+@dataclass
+class ApplyResult:
+    outcomes: list[StepOutcome] = field(default_factory=list)
+    #: (sprite, error) for every change that did not complete.
+    failures: list[tuple[str, ReconcilerError]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {"start": 0, "replace": 0, "kill": 0})
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class _Ledger:
+    """What runs now (in-flight starts count, in-flight kills still count)."""
+
+    def __init__(self, inventory: Inventory, state: ProjectState, budget: Budget) -> None:
+        self.budget = budget
+        running = {s.name for s in inventory.sprites if s.is_running}
+        self.host = len(running)
+        owned = [r for r in state.records.values() if r.name in running]
+        self.count = len(owned)
+        self.memory = sum(int(r.spec.get("memory", 0)) for r in owned)
+        self.cpus = sum(int(r.spec.get("cpus", 0)) for r in owned)
+        self.running = running
+
+    def admits(self, spec: dict[str, Any]) -> bool:
+        b = self.budget
+        return not (
+            (b.host_max_vms is not None and self.host + 1 > b.host_max_vms)
+            or (b.max_vms is not None and self.count + 1 > b.max_vms)
+            or (b.memory is not None and self.memory + spec["memory"] > b.memory)
+            or (b.cpus is not None and self.cpus + spec["cpus"] > b.cpus)
+        )
+
+    def add(self, name: str, spec: dict[str, Any], sign: int) -> None:
+        self.host += sign
+        self.count += sign
+        self.memory += sign * int(spec.get("memory", 0))
+        self.cpus += sign * int(spec.get("cpus", 0))
+        if sign > 0:
+            self.running.add(name)
+        else:
+            self.running.discard(name)
+
+
+@dataclass
+class _Task:
+    change: Change
+    step_index: int = 0
+    started: float = 0.0
+
+    @property
+    def step(self) -> str:
+        return self.change.action.steps[self.step_index]
+
+
+def start_request(name: str, spec: dict[str, Any]) -> StartRequest:
+    options = {k: v for k, v in spec.items() if k not in ("memory", "cpus", "command", "env")}
+    return StartRequest(
+        name=name,
+        memory=int(spec["memory"]),
+        cpus=int(spec["cpus"]),
+        command=tuple(spec.get("command") or ()),
+        env=dict(spec.get("env") or {}),
+        options=options,
+    )
+
+
+class Executor:
+    def __init__(
+        self,
+        driver: Driver,
+        state: ProjectState,
+        save: Callable[[ProjectState], None],
+        budget: Budget,
+        *,
+        parallelism: int = DEFAULT_PARALLELISM,
+        hooks: Sequence[ApplyHooks] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.driver = driver
+        self.state = state
+        self.save = save
+        self.budget = budget
+        self.parallelism = max(1, parallelism)
+        self.hooks = list(hooks)
+        self.clock = clock
+
+    def run(self, plan: Plan, inventory: Inventory) -> ApplyResult:
+        began = time.monotonic()
+        result = ApplyResult()
+        self._bookkeeping(plan, inventory)
+        ledger = _Ledger(inventory, self.state, self.budget)
+        # Kills first: they free the room that starts need.
+        ready = [_Task(c) for c in plan.changes if c.action.steps[0] == "kill"]
+        ready += [_Task(c) for c in plan.changes if c.action.steps[0] != "kill"]
+        started_ok: list[str] = []
+        inflight: dict[Future[CallResult], _Task] = {}
+        with ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="sprites-apply") as pool:
+            while ready or inflight:
+                batch = self._admit(ready, ledger, len(inflight))
+                if batch:
+                    for task in batch:
+                        self._write_intent(task)
+                    self.save(self.state)
+                    for task in batch:
+                        self._notify("pre_step", task.change, task.step)
+                        task.started = time.monotonic()
+                        inflight[pool.submit(self._call, task)] = task
+                if not inflight:
+                    self._starve(ready, result)
+                    break
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                for future in done:
+                    task = inflight.pop(future)
+                    outcome = self._settle(task, future, ledger)
+                    result.outcomes.append(outcome)
+                    self._notify("post_step", task.change, task.step, outcome.error, outcome.elapsed)
+                    if outcome.error is not None:
+                        result.failures.append((task.change.address, outcome.error))
+                    elif task.step_index + 1 < len(task.change.action.steps):
+                        ready.insert(0, _Task(task.change, task.step_index + 1))
+                    else:
+                        self._count(task.change, result)
+                        if task.step == "start":
+                            started_ok.append(task.change.address)
+                self.save(self.state)
+        if started_ok:
+            self._verify(started_ok, result)
+        result.elapsed = time.monotonic() - began
+        return result
+
+    def _notify(self, method: str, *args: Any) -> None:
+        """Tell the hooks; a failing listener (say, a closed pipe) never stops an apply."""
+        for hook in self.hooks:
+            try:
+                getattr(hook, method)(*args)
+            except Exception:  # noqa: BLE001
+                log.debug("apply hook %s.%s failed", type(hook).__name__, method, exc_info=True)
+
+    def _bookkeeping(self, plan: Plan, inventory: Inventory) -> None:
+        """Persist recovered records, forget vanished ones, take adopted ones."""
+        from reconciler.planner import recover
+
+        records = recover(self.state.records, inventory)
+        for name in plan.forget:
+            records.pop(name, None)
+        observed = inventory.by_name()
+        now = self.clock()
+        for name in plan.adopt:
+            sprite = observed[name]
+            records[name] = OwnedRecord(
+                name=name, status="running", spec=dict(plan.adopt[name]), id=sprite.id,
+                runtime=sprite.runtime, started_at=sprite.started_at or now,
+            )
+        if records != self.state.records:
+            self.state.records = records
+            self.save(self.state)
+
+    def _admit(self, ready: list[_Task], ledger: _Ledger, busy: int) -> list[_Task]:
+        batch: list[_Task] = []
+        index = 0
+        while index < len(ready) and busy + len(batch) < self.parallelism:
+            task = ready[index]
+            if task.step == "kill":
+                batch.append(ready.pop(index))
+                continue
+            spec = task.change.after or {}
+            if ledger.admits(spec):
+                ledger.add(task.change.address, spec, +1)
+                batch.append(ready.pop(index))
+                continue
+            index += 1
+        return batch
+
+    def _write_intent(self, task: _Task) -> None:
+        name = task.change.address
+        record = self.state.records.get(name)
+        if task.step == "kill":
+            if record is not None:
+                self.state.records[name] = record.with_(status="killing")
+        else:
+            restarts = 0
+            if record is not None or task.change.before is not None:
+                restarts = (record.restarts + 1) if record is not None else 1
+            self.state.records[name] = OwnedRecord(
+                name=name,
+                status="starting",
+                spec=dict(task.change.after or {}),
+                runtime=self.driver.name,
+                started_at=self.clock(),
+                restarts=restarts,
+            )
+
+    def _call(self, task: _Task) -> CallResult:
+        name = task.change.address
+        if task.step == "kill":
+            try:
+                return self.driver.kill(name)
+            except SpriteNotFoundError:
+                # Gone already: the kill's goal holds.
+                return CallResult(stdout=f"sprite '{name}' was already gone\n")
+        return self.driver.start(start_request(name, dict(task.change.after or {})))
+
+    def _settle(self, task: _Task, future: Future[CallResult], ledger: _Ledger) -> StepOutcome:
+        name = task.change.address
+        elapsed = time.monotonic() - task.started
+        try:
+            call = future.result()
+        except ReconcilerError as exc:
+            return self._failed(task, exc, elapsed, ledger)
+        except Exception as exc:  # a driver bug must not lose the journal
+            error = ReconcilerError(f"Failed to {task.step} Sprite: {type(exc).__name__}: {exc}")
+            return self._failed(task, error, elapsed, ledger)
+        if task.step == "kill":
+            record = self.state.records.pop(name, None)
+            if name in ledger.running:
+                ledger.add(name, record.spec if record else (task.change.before or {}), -1)
+        else:
+            record = self.state.records[name]
+            self.state.records[name] = record.with_(
+                status="running", id=call.id or record.id, last_error=None
+            )
+        return StepOutcome(task.change, task.step, None, elapsed, call)
+
+    def _failed(
+        self, task: _Task, error: ReconcilerError, elapsed: float, ledger: _Ledger
+    ) -> StepOutcome:
+        from reconciler.errors import RuntimeTimeoutError
+
+        name = task.change.address
+        record = self.state.records.get(name)
+        if task.step == "kill":
+            if record is not None:
+                self.state.records[name] = record.with_(status="running", last_error=error.user_message)
+        else:
+            ledger.add(name, task.change.after or {}, -1)
+            if isinstance(error, RuntimeTimeoutError):
+                # It may have started after all: keep the intent so the next
+                # apply settles it against what the runtime lists.
+                if record is not None:
+                    self.state.records[name] = record.with_(last_error=error.user_message)
+            else:
+                # The runtime said no (or the name is someone else's): not ours.
+                self.state.records.pop(name, None)
+        return StepOutcome(task.change, task.step, error, elapsed)
+
+    def _starve(self, ready: list[_Task], result: ApplyResult) -> None:
+        for task in ready:
+            error = ReconcilerError(
+                f"not started: the budget has no room for '{task.change.address}' "
+                "because an earlier kill failed"
+            )
+            result.failures.append((task.change.address, error))
+            self._notify("post_step", task.change, task.step, error, 0.0)
+        ready.clear()
+
+    @staticmethod
+    def _count(change: Change, result: ApplyResult) -> None:
+        key = "replace" if change.action in (Action.REPLACE, Action.RESTART) else change.action.value
+        result.counts[key] += 1
+
+    def _verify(self, names: list[str], result: ApplyResult) -> None:
+        """A runtime that says "started" must also list the sprite."""
+        try:
+            listed = self.driver.list().by_name()
+        except ReconcilerError as exc:
+            result.failures.append(("*", exc))
+            return
+        for name in names:
+            sprite = listed.get(name)
+            if sprite is not None and sprite.is_running:
+                continue
+            state = "is not listed" if sprite is None else f"is {sprite.state}"
+            error = ReconcilerError(
+                f"Failed to start Sprite: the runtime reported '{name}' started, but it {state}"
+            )
+            result.failures.append((name, error))
+

@@ -1,0 +1,239 @@
+"""The sprites manifest as pydantic models, and its resolution into the
+concrete sprites a project wants (:class:`DesiredSprite`).
+
+The models describe the file; :func:`desired_sprites` applies defaults and
+expands replicas. The JSON Schema users see (``sprites schema``) is made from
+these models, so field descriptions here are user documentation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+    field_validator,
+)
+
+from reconciler.models import units
+
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_REPLICAS = 1000
+MIN_MEMORY = 1 << 20
+
+
+def _size(value: object) -> int:
+    return units.parse_size(value)
+
+
+def _sprite_memory(value: int) -> int:
+    if value < MIN_MEMORY:
+        raise ValueError(f"invalid size {units.format_size(value)!r}: a sprite needs at least 1MiB")
+    return value
+
+
+def _name(value: object) -> str:
+    problem = units.name_problem(value)
+    if problem:
+        raise ValueError(problem)
+    assert isinstance(value, str)
+    return value
+
+
+Size = Annotated[
+    int,
+    BeforeValidator(_size),
+    PlainSerializer(units.format_size, return_type=str),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\d+\s*(KiB|MiB|GiB|TiB|K|M|G|T|B)?$"},
+                {"type": "integer", "minimum": 1},
+            ],
+            "description": "A size such as 512MiB or 2GiB (also K/M/G, or plain bytes).",
+        }
+    ),
+]
+SpriteMemory = Annotated[Size, AfterValidator(_sprite_memory)]
+Cpus = Annotated[
+    int,
+    BeforeValidator(units.parse_cpus),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": r"^\d+$"}],
+            "description": "A positive number of CPUs, as an integer or a string (\"2\").",
+        }
+    ),
+]
+Name = Annotated[
+    str,
+    BeforeValidator(_name),
+    WithJsonSchema({"type": "string", "pattern": f"^{units.NAME_PATTERN}$"}),
+]
+Duration = Annotated[
+    float,
+    BeforeValidator(units.parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string"}, {"type": "number", "minimum": 0}],
+            "description": "A duration such as 30s, 10m or 1h.",
+        }
+    ),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(_Strict):
+    """Default resources for every sprite that does not set its own."""
+
+    memory: SpriteMemory | None = Field(None, description="Memory per sprite, e.g. 512MiB.")
+    cpus: Cpus | None = Field(None, description="CPUs per sprite.")
+
+
+class Limits(_Strict):
+    """This project's own budget: the sprites it runs may never exceed it."""
+
+    maxVMs: StrictInt | None = Field(None, ge=1, description="Most sprites this project runs at once.")
+    memory: Size | None = Field(None, description="Total memory of this project's sprites.")
+    cpus: Cpus | None = Field(None, description="Total CPUs of this project's sprites.")
+
+
+class SpriteTemplate(_Strict):
+    """One entry under ``sprites:``; with ``replicas`` it stands for several sprites."""
+
+    memory: SpriteMemory | None = Field(None, description="Memory, e.g. 1GiB. Default: defaults.memory, then the config.")
+    cpus: Cpus | None = Field(None, description="CPUs. Default: defaults.cpus, then the config.")
+    replicas: StrictInt = Field(
+        1, ge=1, le=MAX_REPLICAS, description="Run this many sprites named <name>-1 .. <name>-N."
+    )
+    command: list[StrictStr] | None = Field(
+        None, min_length=1, description="The sprite's command (argv). Default: a shell on its console."
+    )
+    env: dict[StrictStr, StrictStr] | None = Field(None, description="Environment of the command.")
+
+    @field_validator("env")
+    @classmethod
+    def _env_keys(cls, env: dict[str, str] | None) -> dict[str, str] | None:
+        for key, value in (env or {}).items():
+            if not _ENV_KEY_RE.fullmatch(key):
+                raise ValueError(f"invalid environment variable name {key!r}")
+            if "\x00" in value:
+                raise ValueError(f"environment variable {key} contains a NUL byte")
+        return env
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, command: list[str] | None) -> list[str] | None:
+        for arg in command or ():
+            if "\x00" in arg:
+                raise ValueError("command arguments may not contain NUL bytes")
+        if command is not None and not command[0]:
+            raise ValueError("the command's program (first item) may not be empty")
+        return command
+
+
+class Manifest(_Strict):
+    """A sprites manifest: the sprites one project wants running."""
+
+    version: Literal[1] = Field(description="Manifest format version; always 1.")
+    project: Name = Field(
+        description="Ownership scope: apply and destroy touch only sprites this project started."
+    )
+    defaults: Resources = Field(default_factory=Resources)
+    limits: Limits | None = None
+    sprites: dict[Name, SpriteTemplate] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Every limit the plan must respect. ``None`` means unlimited."""
+
+    #: Host-wide: every running sprite counts, whoever started it.
+    host_max_vms: int | None = None
+    #: This project's own limits (the manifest's ``limits``).
+    max_vms: int | None = None
+    memory: int | None = None
+    cpus: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredSprite:
+    """One concrete sprite the manifest asks for, defaults applied."""
+
+    name: str
+    memory: int
+    cpus: int
+    command: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    #: The manifest key it came from (differs from ``name`` for replicas).
+    template: str = ""
+    spec: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @staticmethod
+    def make(
+        name: str,
+        memory: int,
+        cpus: int,
+        command: tuple[str, ...] = (),
+        env: tuple[tuple[str, str], ...] = (),
+        template: str = "",
+    ) -> DesiredSprite:
+        return DesiredSprite(
+            name, memory, cpus, command, env, template or name,
+            canonical_spec(memory, cpus, command, env),
+        )
+
+
+def canonical_spec(
+    memory: int, cpus: int, command: tuple[str, ...] | list[str] = (), env: Any = ()
+) -> dict[str, Any]:
+    """The spec as recorded in state and compared by the planner: plain JSON
+    values, optional keys only when set, so new optional fields never make
+    old records look changed."""
+    spec: dict[str, Any] = {"memory": memory, "cpus": cpus}
+    if command:
+        spec["command"] = list(command)
+    if env:
+        spec["env"] = dict(env)
+    return spec
+
+
+def desired_sprites(
+    manifest: Manifest, *, default_memory: int, default_cpus: int
+) -> dict[str, DesiredSprite]:
+    """Expand replicas and apply defaults. Raises ValueError with a ``path: why``
+    message when expanded names collide or grow too long."""
+    memory_default = manifest.defaults.memory or default_memory
+    cpus_default = manifest.defaults.cpus or default_cpus
+    result: dict[str, DesiredSprite] = {}
+    for key, template in manifest.sprites.items():
+        names = [key] if template.replicas == 1 else [f"{key}-{i}" for i in range(1, template.replicas + 1)]
+        command = tuple(template.command or ())
+        env = tuple(sorted((template.env or {}).items()))
+        memory = template.memory or memory_default
+        cpus = template.cpus or cpus_default
+        for name in names:
+            if not units.is_valid_name(name):
+                raise ValueError(
+                    f"sprites.{key}.replicas: the replica name {name!r} is longer than 63 characters"
+                )
+            if name in result:
+                raise ValueError(
+                    f"sprites.{key}: the sprite name {name!r} is already used by "
+                    f"sprites.{result[name].template}"
+                )
+            result[name] = DesiredSprite.make(name, memory, cpus, command, env, key)
+    return result

@@ -1,0 +1,181 @@
+"""The plan: what an apply will do, as data.
+
+A :class:`Change` is an address (the sprite's name), an :class:`Action`, an
+optional :class:`Reason`, and the spec ``before`` and ``after``. The reason
+only explains the plan to people; the executor dispatches on the action
+alone. ``before`` is the recorded spec (``None`` when the project never
+started the sprite); ``after`` is the desired spec (``None`` for a kill).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FORMAT_VERSION = "1"
+
+
+class Action(str, Enum):
+    """What happens to one sprite. Values are stable wire strings."""
+
+    START = "start"
+    KILL = "kill"
+    REPLACE = "replace"
+    RESTART = "restart"
+
+    @property
+    def symbol(self) -> str:
+        return _SYMBOLS[self]
+
+    @property
+    def is_destructive(self) -> bool:
+        """Does this action stop a sprite that may be running?"""
+        return self in (Action.KILL, Action.REPLACE)
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        """The runtime calls, in order: a replace or restart kills then starts."""
+        return _STEPS[self]
+
+
+_SYMBOLS = {Action.START: "+", Action.KILL: "-", Action.REPLACE: "-/+", Action.RESTART: "~"}
+_STEPS: dict[Action, tuple[str, ...]] = {
+    Action.START: ("start",),
+    Action.KILL: ("kill",),
+    Action.REPLACE: ("kill", "start"),
+    Action.RESTART: ("kill", "start"),
+}
+
+
+class Reason(str, Enum):
+    """Why a change is planned; for people only, never for the executor."""
+
+    NONE = "none"
+    NEW = "new"
+    MISSING = "missing"
+    SPEC_CHANGED = "spec_changed"
+    NOT_RUNNING = "not_running"
+    REMOVED_FROM_MANIFEST = "removed_from_manifest"
+    DESTROY = "destroy"
+    EXPIRED = "expired"
+    INTERRUPTED = "interrupted"
+    ADOPTED = "adopted"
+
+    @property
+    def text(self) -> str:
+        return _REASON_TEXT[self]
+
+
+_REASON_TEXT = {
+    Reason.NONE: "",
+    Reason.NEW: "new in the manifest",
+    Reason.MISSING: "owned by this project but no longer running",
+    Reason.SPEC_CHANGED: "spec changed",
+    Reason.NOT_RUNNING: "not running",
+    Reason.REMOVED_FROM_MANIFEST: "no longer in the manifest",
+    Reason.DESTROY: "destroy requested",
+    Reason.EXPIRED: "ttl expired",
+    Reason.INTERRUPTED: "an earlier apply was interrupted",
+    Reason.ADOPTED: "adopted",
+}
+
+
+class FieldChange(BaseModel):
+    """One field that differs between the recorded and the desired spec."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    before: Any = None
+    after: Any = None
+
+
+class Change(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    address: str
+    action: Action
+    reason: Reason = Reason.NONE
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    #: What differs, for a replace (empty otherwise).
+    fields: tuple[FieldChange, ...] = ()
+    #: The observed state before the change ("running", "stopped", "error" or None).
+    observed_state: str | None = None
+
+
+class ObservedEntry(BaseModel):
+    """A snapshot of one observed sprite, kept in the plan for review."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    state: str
+    owned: bool = False
+
+
+class BudgetUsage(BaseModel):
+    """The end state the plan leads to, against each limit (None = unlimited)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host_sprites: int
+    host_max_vms: int | None = None
+    sprites: int
+    max_vms: int | None = None
+    memory: int
+    memory_limit: int | None = None
+    cpus: int
+    cpus_limit: int | None = None
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    format_version: str = FORMAT_VERSION
+    project: str
+    #: ``apply`` or ``destroy``.
+    operation: str = "apply"
+    changes: tuple[Change, ...] = ()
+    #: Recorded sprites whose runtime record is gone; apply forgets them.
+    forget: tuple[str, ...] = ()
+    #: Running sprites the project takes over with no runtime call
+    #: (``--adopt``), with the spec they are recorded under.
+    adopt: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    observed: tuple[ObservedEntry, ...] = ()
+    budget: BudgetUsage | None = None
+    warnings: tuple[str, ...] = ()
+    #: Set when the plan was made from a manifest file.
+    manifest_path: str | None = None
+    manifest_digest: str | None = None
+    inventory_digest: str = ""
+    runtime: str = ""
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes)
+
+    @property
+    def needs_apply(self) -> bool:
+        """Changes, or bookkeeping (forget/adopt) that only the state needs."""
+        return bool(self.changes or self.forget or self.adopt)
+
+    def counts(self) -> dict[str, int]:
+        """Sprites to start, replace (restarts included) and kill."""
+        counts = {"start": 0, "replace": 0, "kill": 0}
+        for change in self.changes:
+            key = "replace" if change.action in (Action.REPLACE, Action.RESTART) else change.action.value
+            counts[key] += 1
+        return counts
+
+
+class SavedPlan(BaseModel):
+    """The on-disk form of ``sprites plan -out FILE``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str = Field("sprites-plan")
+    plan: Plan

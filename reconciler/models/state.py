@@ -1,0 +1,81 @@
+"""What a project owns: the records kept in its state file.
+
+A record is written *before* each runtime call (status ``starting`` or
+``killing``) and settled after it, so a crash at any moment leaves enough to
+converge: a ``starting`` record whose sprite is listed is owned; one whose
+sprite is absent is forgotten and started again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+STATE_FORMAT_VERSION = 1
+STATUSES = ("starting", "running", "killing")
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedRecord:
+    name: str
+    status: str
+    spec: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+    runtime: str = ""
+    started_at: float | None = None
+    restarts: int = 0
+    last_error: str | None = None
+
+    def with_(self, **changes: Any) -> OwnedRecord:
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["name"]
+        return data
+
+    @staticmethod
+    def from_json(name: str, data: dict[str, Any]) -> OwnedRecord:
+        status = data.get("status")
+        spec = data.get("spec")
+        if status not in STATUSES or not isinstance(spec, dict):
+            raise ValueError(f"record {name!r} is malformed")
+        started = data.get("started_at")
+        return OwnedRecord(
+            name=name,
+            status=status,
+            spec=spec,
+            id=data.get("id") if isinstance(data.get("id"), str) else None,
+            runtime=str(data.get("runtime") or ""),
+            started_at=float(started) if isinstance(started, (int, float)) else None,
+            restarts=int(data.get("restarts") or 0),
+            last_error=data.get("last_error") if isinstance(data.get("last_error"), str) else None,
+        )
+
+
+@dataclass(slots=True)
+class ProjectState:
+    """The whole state file of one project."""
+
+    project: str
+    records: dict[str, OwnedRecord] = field(default_factory=dict)
+    serial: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": STATE_FORMAT_VERSION,
+            "project": self.project,
+            "serial": self.serial,
+            "sprites": {name: rec.to_json() for name, rec in sorted(self.records.items())},
+        }
+
+    @staticmethod
+    def from_json(data: Any) -> ProjectState:
+        if not isinstance(data, dict) or data.get("format_version") != STATE_FORMAT_VERSION:
+            raise ValueError("not a sprites state file of format version 1")
+        project = data.get("project")
+        sprites = data.get("sprites")
+        if not isinstance(project, str) or not isinstance(sprites, dict):
+            raise ValueError("state file lacks project or sprites")
+        records = {name: OwnedRecord.from_json(name, rec) for name, rec in sprites.items()}
+        return ProjectState(project=project, records=records, serial=int(data.get("serial") or 0))

@@ -1,0 +1,251 @@
+"""The planner: a pure function from (desired, observed, owned records, budget)
+to a :class:`~reconciler.models.plan.Plan`.
+
+No I/O and no clock: everything it needs is passed in, so it is tested by
+value. It never plans to touch a sprite the project does not own, and it
+refuses (raises) when the desired end state does not fit the budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from reconciler.errors import BudgetExceededError, OwnershipError
+from reconciler.models import units
+from reconciler.models.manifest import Budget, DesiredSprite
+from reconciler.models.observed import Inventory, ObservedSprite
+from reconciler.models.plan import (
+    Action,
+    BudgetUsage,
+    Change,
+    FieldChange,
+    ObservedEntry,
+    Plan,
+    Reason,
+)
+from reconciler.models.state import OwnedRecord
+
+
+def recover(records: Mapping[str, OwnedRecord], inventory: Inventory) -> dict[str, OwnedRecord]:
+    """Settle records an interrupted apply left mid-operation, by what is observed.
+
+    A ``starting`` or ``killing`` record whose sprite is listed is owned and
+    running as far as planning goes; one whose sprite is absent is dropped
+    (the sprite never started, or its kill finished).
+    """
+    observed = inventory.by_name()
+    settled: dict[str, OwnedRecord] = {}
+    for name, record in records.items():
+        sprite = observed.get(name)
+        if record.status == "running":
+            settled[name] = record
+        elif sprite is not None:
+            settled[name] = record.with_(status="running", id=sprite.id or record.id)
+    return settled
+
+
+def plan(
+    desired: Mapping[str, DesiredSprite],
+    inventory: Inventory,
+    records: Mapping[str, OwnedRecord],
+    budget: Budget,
+    *,
+    project: str,
+    adopt: bool = False,
+    operation: str = "apply",
+    runtime: str = "",
+    manifest_path: str | None = None,
+    manifest_digest: str | None = None,
+) -> Plan:
+    observed = inventory.by_name()
+    owned = recover(records, inventory)
+    changes: list[Change] = []
+    adopted: dict[str, dict[str, Any]] = {}
+    conflicts: list[ObservedSprite] = []
+
+    for name in sorted(desired):
+        want = desired[name]
+        sprite = observed.get(name)
+        record = owned.get(name)
+        if record is None:
+            if sprite is None:
+                changes.append(_change(name, Action.START, Reason.NEW, None, want.spec, None))
+            elif not adopt:
+                conflicts.append(sprite)
+            elif sprite.is_running:
+                adopted[name] = want.spec
+            else:
+                changes.append(
+                    _change(name, Action.RESTART, Reason.ADOPTED, None, want.spec, sprite.state)
+                )
+        elif sprite is None:
+            changes.append(_change(name, Action.START, Reason.MISSING, record.spec, want.spec, None))
+        elif not sprite.is_running:
+            changes.append(
+                _change(name, Action.RESTART, Reason.NOT_RUNNING, record.spec, want.spec, sprite.state)
+            )
+        elif record.spec != want.spec:
+            changes.append(
+                Change.model_construct(
+                    address=name,
+                    action=Action.REPLACE,
+                    reason=Reason.SPEC_CHANGED,
+                    before=record.spec,
+                    after=want.spec,
+                    fields=explain(record.spec, want.spec),
+                    observed_state=sprite.state,
+                )
+            )
+
+    if conflicts:
+        raise _ownership_error(conflicts, project)
+
+    kill_reason = Reason.DESTROY if operation == "destroy" else Reason.REMOVED_FROM_MANIFEST
+    forget: list[str] = []
+    for name in sorted(owned):
+        if name in desired:
+            continue
+        sprite = observed.get(name)
+        if sprite is None:
+            forget.append(name)
+        else:
+            changes.append(_change(name, Action.KILL, kill_reason, owned[name].spec, None, sprite.state))
+    forget.extend(sorted(name for name in records if name not in owned and name not in desired))
+
+    usage = _check_budget(desired, inventory, owned, budget)
+    snapshot = tuple(
+        ObservedEntry.model_construct(id=s.id, name=s.name, state=s.state, owned=s.name in owned)
+        for s in inventory.sprites
+    )
+    return Plan.model_construct(
+        format_version="1",
+        project=project,
+        operation=operation,
+        changes=tuple(changes),
+        forget=tuple(forget),
+        adopt=adopted,
+        observed=snapshot,
+        budget=usage,
+        warnings=tuple(inventory.warnings),
+        manifest_path=manifest_path,
+        manifest_digest=manifest_digest,
+        inventory_digest=inventory_digest(inventory.sprites),
+        runtime=runtime,
+    )
+
+
+def _change(
+    name: str,
+    action: Action,
+    reason: Reason,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    state: str | None,
+) -> Change:
+    return Change.model_construct(
+        address=name, action=action, reason=reason, before=before, after=after,
+        fields=(), observed_state=state,
+    )
+
+
+def explain(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[FieldChange, ...]:
+    """The fields that differ. Scalars are compared directly; nested values
+    (command, env, ...) are explained by deepdiff, and only when they differ."""
+    result: list[FieldChange] = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            result.extend(_explain_nested(key, old, new))
+        else:
+            result.append(FieldChange.model_construct(path=key, before=old, after=new))
+    return tuple(result)
+
+
+def _explain_nested(key: str, old: dict[str, Any], new: dict[str, Any]) -> Iterable[FieldChange]:
+    from deepdiff import DeepDiff
+
+    diff = DeepDiff(old, new, verbose_level=2)
+    for kind in ("dictionary_item_added", "dictionary_item_removed", "values_changed", "type_changes"):
+        for path, detail in sorted(diff.get(kind, {}).items()):
+            sub = path.removeprefix("root['").removesuffix("']").replace("']['", ".")
+            if kind == "dictionary_item_added":
+                before, after = None, detail
+            elif kind == "dictionary_item_removed":
+                before, after = detail, None
+            else:
+                before, after = detail.get("old_value"), detail.get("new_value")
+            yield FieldChange.model_construct(path=f"{key}.{sub}", before=before, after=after)
+
+
+def inventory_digest(sprites: Iterable[ObservedSprite]) -> str:
+    """A fingerprint of what runs: a saved plan is stale once it changes."""
+    digest = hashlib.sha256()
+    for line in sorted(f"{s.name}\0{s.id}\0{s.state}" for s in sprites):
+        digest.update(line.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _ownership_error(conflicts: list[ObservedSprite], project: str) -> OwnershipError:
+    first = conflicts[0]
+    names = ", ".join(f"'{s.name}'" for s in conflicts)
+    if len(conflicts) == 1:
+        state = "is already running" if first.is_running else f"already exists ({first.state})"
+        message = f"sprite {names} {state} but is not owned by project '{project}'"
+    else:
+        message = f"sprites {names} already exist but are not owned by project '{project}'"
+    return OwnershipError(
+        message,
+        hint=(
+            f"Kill it with `sprites kill {first.name}`, rename it in the manifest, "
+            "or pass --adopt to let this project own it."
+        ),
+    )
+
+
+def _check_budget(
+    desired: Mapping[str, DesiredSprite],
+    inventory: Inventory,
+    owned: Mapping[str, OwnedRecord],
+    budget: Budget,
+) -> BudgetUsage:
+    count = len(desired)
+    memory = sum(s.memory for s in desired.values())
+    cpus = sum(s.cpus for s in desired.values())
+    # Running sprites that stay whatever this apply does: not ours, not desired.
+    others = sum(
+        1 for s in inventory.sprites if s.is_running and s.name not in desired and s.name not in owned
+    )
+    host = count + others
+    if budget.host_max_vms is not None and host > budget.host_max_vms:
+        detail = f"{count} in this manifest, {others} more already running on this host" if others else ""
+        raise BudgetExceededError("maxVMs", f"{host} sprites", str(budget.host_max_vms), detail=detail)
+    if budget.max_vms is not None and count > budget.max_vms:
+        raise BudgetExceededError(
+            "maxVMs", f"{count} sprites", str(budget.max_vms), detail="limits.maxVMs in the manifest"
+        )
+    if budget.memory is not None and memory > budget.memory:
+        raise BudgetExceededError(
+            "memory",
+            units.format_size(memory),
+            units.format_size(budget.memory),
+            detail="limits.memory in the manifest",
+        )
+    if budget.cpus is not None and cpus > budget.cpus:
+        raise BudgetExceededError(
+            "cpus", str(cpus), str(budget.cpus), detail="limits.cpus in the manifest"
+        )
+    return BudgetUsage.model_construct(
+        host_sprites=host,
+        host_max_vms=budget.host_max_vms,
+        sprites=count,
+        max_vms=budget.max_vms,
+        memory=memory,
+        memory_limit=budget.memory,
+        cpus=cpus,
+        cpus_limit=budget.cpus,
+    )
