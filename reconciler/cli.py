@@ -27,7 +27,11 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 CONFIRM_PROMPT = "Do you want to perform these actions? Only 'yes' will be accepted: "
-CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "SPRITES", "max_content_width": 100}
+CONTEXT = {
+    "help_option_names": ["-h", "--help"],
+    "auto_envvar_prefix": "SPRITES",
+    "max_content_width": 100,
+}
 
 
 class Failed(click.exceptions.Exit):
@@ -41,8 +45,14 @@ class SpritesGroup(click.Group):
     """Runs commands with one error boundary: every error exits 1 (2 is kept
     for ``plan --detailed-exitcode``), user errors print no traceback."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         code = 0
@@ -75,7 +85,9 @@ class State:
         if self._engine is None:
             from reconciler.engine import Engine
 
-            self._engine = Engine(config_path=self.config, state_dir=self.state_dir, runtime=self.runtime)
+            self._engine = Engine(
+                config_path=self.config, state_dir=self.state_dir, runtime=self.runtime
+            )
         return self._engine
 
 
@@ -93,26 +105,41 @@ def _fail(error: ReconcilerError, as_json: bool, **data: Any) -> NoReturn:
 
 
 def json_option(func: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of human-readable text.")(func)
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print JSON instead of human-readable text."
+    )(func)
 
 
 def manifest_option(func: F) -> F:
     return click.option(
-        "-f", "--file", "manifest", type=click.Path(path_type=Path, dir_okay=False), default=Path("sprites.yaml"),
-        show_default=True, help="The manifest to reconcile.",
+        "-f",
+        "--file",
+        "manifest",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=Path("sprites.yaml"),
+        show_default=True,
+        help="The manifest to reconcile.",
     )(func)
 
 
 def apply_options(func: F) -> F:
     func = click.option(
-        "--auto-approve", is_flag=True, help="Apply without asking (needed when stdin is not a terminal)."
+        "--auto-approve",
+        is_flag=True,
+        help="Apply without asking (needed when stdin is not a terminal).",
     )(func)
     func = click.option(
-        "--parallelism", type=click.IntRange(min=1, max=1000), default=10, show_default=True,
+        "--parallelism",
+        type=click.IntRange(min=1, max=1000),
+        default=10,
+        show_default=True,
         help="Most runtime calls in flight at once.",
     )(func)
     func = click.option(
-        "--lock-timeout", default="0", show_default=True, metavar="DURATION",
+        "--lock-timeout",
+        default="0",
+        show_default=True,
+        metavar="DURATION",
         help="How long to wait for another apply on this project (0, 10s, 2m).",
     )(func)
     return func
@@ -120,12 +147,32 @@ def apply_options(func: F) -> F:
 
 @click.group(cls=SpritesGroup, context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="sprites")
-@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="The config.json to use (default: .wreckit/config.json here or above).")
-@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), help="Where state, locks and sockets live (default: $XDG_STATE_HOME/sprites).")
-@click.option("--runtime", type=click.Choice(["auto", "wisp", "builtin", "microvm"]), help="Override agent.runtime from the config.")
-@click.option("-v", "--verbose", is_flag=True, help="Log each runtime call and its duration to stderr.")
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The config.json to use (default: .wreckit/config.json here or above).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where state, locks and sockets live (default: $XDG_STATE_HOME/sprites).",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "wisp", "builtin", "microvm"]),
+    help="Override agent.runtime from the config.",
+)
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Log each runtime call and its duration to stderr."
+)
 @click.pass_context
-def cli(ctx: click.Context, config: Path | None, state_dir: Path | None, runtime: str | None, verbose: bool) -> None:
+def cli(
+    ctx: click.Context,
+    config: Path | None,
+    state_dir: Path | None,
+    runtime: str | None,
+    verbose: bool,
+) -> None:
     """Declare the sprites you want; sprites makes reality match.
 
     \b
@@ -248,14 +295,35 @@ def _view(as_json: bool, *, stream: bool) -> HumanView | JsonView:
 
 @cli.command()
 @manifest_option
-@click.option("-out", "--out", "out", type=click.Path(path_type=Path, dir_okay=False), help="Save the plan to FILE for `sprites apply FILE`.")
-@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 when there are no changes, 1 on error, 2 when there are changes.")
-@click.option("--adopt", is_flag=True, help="Take over running sprites whose names the manifest wants.")
+@click.option(
+    "-out",
+    "--out",
+    "out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Save the plan to FILE for `sprites apply FILE`.",
+)
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 0 when there are no changes, 1 on error, 2 when there are changes.",
+)
+@click.option(
+    "--adopt", is_flag=True, help="Take over running sprites whose names the manifest wants."
+)
 @click.option("--destroy", is_flag=True, help="Plan to kill every sprite the project owns.")
 @json_option
 @pass_state
 @click.pass_context
-def plan(ctx: click.Context, state: State, manifest: Path, out: Path | None, detailed_exitcode: bool, adopt: bool, destroy: bool, as_json: bool) -> None:
+def plan(
+    ctx: click.Context,
+    state: State,
+    manifest: Path,
+    out: Path | None,
+    detailed_exitcode: bool,
+    adopt: bool,
+    destroy: bool,
+    as_json: bool,
+) -> None:
     """Show what apply would change. Changes nothing."""
     from reconciler.engine import write_saved_plan
 
@@ -278,10 +346,21 @@ def plan(ctx: click.Context, state: State, manifest: Path, out: Path | None, det
 @click.argument("plan_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
 @manifest_option
 @apply_options
-@click.option("--adopt", is_flag=True, help="Take over running sprites whose names the manifest wants.")
+@click.option(
+    "--adopt", is_flag=True, help="Take over running sprites whose names the manifest wants."
+)
 @json_option
 @pass_state
-def apply(state: State, plan_file: Path | None, manifest: Path, auto_approve: bool, parallelism: int, lock_timeout: str, adopt: bool, as_json: bool) -> None:
+def apply(
+    state: State,
+    plan_file: Path | None,
+    manifest: Path,
+    auto_approve: bool,
+    parallelism: int,
+    lock_timeout: str,
+    adopt: bool,
+    as_json: bool,
+) -> None:
     """Make the running sprites match the manifest (or apply a saved PLAN_FILE).
 
     Shows the plan and asks for confirmation on a terminal; without one it
@@ -294,28 +373,73 @@ def apply(state: State, plan_file: Path | None, manifest: Path, auto_approve: bo
         saved = read_saved_plan(plan_file) if plan_file is not None else None
     except ReconcilerError as error:
         _fail(error, as_json)
-    _run_apply(state, manifest=None if saved else manifest, project=None, saved=saved, adopt=adopt,
-               destroy=False, auto_approve=auto_approve, parallelism=parallelism, lock_timeout=lock_timeout, as_json=as_json)
+    _run_apply(
+        state,
+        manifest=None if saved else manifest,
+        project=None,
+        saved=saved,
+        adopt=adopt,
+        destroy=False,
+        auto_approve=auto_approve,
+        parallelism=parallelism,
+        lock_timeout=lock_timeout,
+        as_json=as_json,
+    )
 
 
 @cli.command()
-@click.option("-f", "--file", "manifest", type=click.Path(path_type=Path, dir_okay=False), help="The manifest naming the project (default: sprites.yaml).")
+@click.option(
+    "-f",
+    "--file",
+    "manifest",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The manifest naming the project (default: sprites.yaml).",
+)
 @click.option("-p", "--project", help="Destroy this project's sprites without a manifest.")
 @apply_options
 @json_option
 @pass_state
-def destroy(state: State, manifest: Path | None, project: str | None, auto_approve: bool, parallelism: int, lock_timeout: str, as_json: bool) -> None:
+def destroy(
+    state: State,
+    manifest: Path | None,
+    project: str | None,
+    auto_approve: bool,
+    parallelism: int,
+    lock_timeout: str,
+    as_json: bool,
+) -> None:
     """Kill every sprite the project owns. Sprites it does not own are never touched."""
     if manifest is not None and project is not None:
         _fail(UsageError("Give either -f FILE or -p PROJECT, not both."), False)
     if manifest is None and project is None:
         manifest = Path("sprites.yaml")
-    _run_apply(state, manifest=manifest, project=project, saved=None, adopt=False, destroy=True,
-               auto_approve=auto_approve, parallelism=parallelism, lock_timeout=lock_timeout, as_json=as_json)
+    _run_apply(
+        state,
+        manifest=manifest,
+        project=project,
+        saved=None,
+        adopt=False,
+        destroy=True,
+        auto_approve=auto_approve,
+        parallelism=parallelism,
+        lock_timeout=lock_timeout,
+        as_json=as_json,
+    )
 
 
-def _run_apply(state: State, *, manifest: Path | None, project: str | None, saved: Plan | None, adopt: bool,
-               destroy: bool, auto_approve: bool, parallelism: int, lock_timeout: str, as_json: bool) -> None:
+def _run_apply(
+    state: State,
+    *,
+    manifest: Path | None,
+    project: str | None,
+    saved: Plan | None,
+    adopt: bool,
+    destroy: bool,
+    auto_approve: bool,
+    parallelism: int,
+    lock_timeout: str,
+    as_json: bool,
+) -> None:
     from reconciler.models import units
 
     view = _view(as_json, stream=True)
@@ -325,10 +449,17 @@ def _run_apply(state: State, *, manifest: Path | None, project: str | None, save
         except ValueError as exc:
             raise UsageError(f"--lock-timeout: {exc}") from None
         outcome = state.engine().apply(
-            manifest, project=project, saved=saved, adopt=adopt, destroy=destroy,
-            parallelism=parallelism, lock_timeout=timeout,
+            manifest,
+            project=project,
+            saved=saved,
+            adopt=adopt,
+            destroy=destroy,
+            parallelism=parallelism,
+            lock_timeout=timeout,
             approve=lambda plan: _confirm(auto_approve, as_json),
-            on_plan=view.plan, on_note=view.note, hooks=view.hooks(),
+            on_plan=view.plan,
+            on_note=view.note,
+            hooks=view.hooks(),
         )
     except ReconcilerError as error:
         view.error(error)
@@ -347,7 +478,9 @@ def _confirm(auto_approve: bool, as_json: bool) -> bool:
             hint="Pass --auto-approve to apply non-interactively.",
         )
     click.echo("")
-    answer = click.prompt(CONFIRM_PROMPT.rstrip(), default="", show_default=False, prompt_suffix=" ")
+    answer = click.prompt(
+        CONFIRM_PROMPT.rstrip(), default="", show_default=False, prompt_suffix=" "
+    )
     if answer.strip() != "yes":
         raise ApprovalError("Apply cancelled.")
     click.echo("")

@@ -145,13 +145,17 @@ _FIELDS = {
 }
 
 
-def _validate(merged: dict[str, Any], documents: list[tuple[Path, str, dict[str, Any]]]) -> AgentConfig:
+def _validate(
+    merged: dict[str, Any], documents: list[tuple[Path, str, dict[str, Any]]]
+) -> AgentConfig:
     agent = merged.get("agent")
     if agent is None:
         return AgentConfig()
 
     def fail(key: str | None, message: str) -> ConfigError:
-        return ConfigError(_locate(documents, key), message, field=f"agent.{key}" if key else "agent")
+        return ConfigError(
+            _locate(documents, key), message, field=f"agent.{key}" if key else "agent"
+        )
 
     if not isinstance(agent, dict):
         raise fail(None, "expected an object")
@@ -187,7 +191,9 @@ def _validate(merged: dict[str, Any], documents: list[tuple[Path, str, dict[str,
     if "timeout" in agent:
         timeout = agent["timeout"]
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise fail("timeout", f"expected a positive number of seconds, got {json.dumps(timeout)}")
+            raise fail(
+                "timeout", f"expected a positive number of seconds, got {json.dumps(timeout)}"
+            )
         values["timeout"] = float(timeout)
     for key, choices in (("runtime", RUNTIMES), ("accel", ACCELS)):
         if key in agent:
@@ -223,5 +229,7 @@ def _locate(documents: list[tuple[Path, str, dict[str, Any]]], key: str | None) 
 
 
 def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
     return Path(base) / "sprites"

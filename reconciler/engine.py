@@ -83,7 +83,9 @@ class Engine:
         self.state_dir = state_dir or (Path(env_dir) if env_dir else config_mod.default_state_dir())
         self.store = StateStore(self.state_dir)
         if runtime is not None and runtime not in config_mod.RUNTIMES:
-            raise UsageError(f"unknown runtime '{runtime}'; expected one of {', '.join(config_mod.RUNTIMES)}")
+            raise UsageError(
+                f"unknown runtime '{runtime}'; expected one of {', '.join(config_mod.RUNTIMES)}"
+            )
         self.runtime = runtime or self.config.agent.runtime
         self._driver: Driver | None = None
 
@@ -134,7 +136,9 @@ class Engine:
         try:
             from reconciler.drivers import microvm  # type: ignore[attr-defined]
         except ImportError:
-            raise RuntimeUnavailableError("The microvm runtime is not available in this build") from None
+            raise RuntimeUnavailableError(
+                "The microvm runtime is not available in this build"
+            ) from None
         driver: Driver = microvm.make_driver(self.state_dir, config=self.config.agent)
         return driver
 
@@ -147,7 +151,9 @@ class Engine:
     def list(self) -> Inventory:
         return self.driver.list()
 
-    def start(self, name: str, *, memory: str | None = None, cpus: str | None = None) -> StartOutcome:
+    def start(
+        self, name: str, *, memory: str | None = None, cpus: str | None = None
+    ) -> StartOutcome:
         check_name(name)
         agent = self.config.agent
         try:
@@ -159,7 +165,9 @@ class Engine:
             running = len(self.driver.list().running())
             if running + 1 > agent.max_vms:
                 raise BudgetExceededError(
-                    "maxVMs", f"{running + 1} sprites", str(agent.max_vms),
+                    "maxVMs",
+                    f"{running + 1} sprites",
+                    str(agent.max_vms),
                     detail=f"{running} already running",
                 )
             result = self.driver.start(StartRequest(name=name, memory=size, cpus=count))
@@ -180,7 +188,9 @@ class Engine:
         from reconciler.manifest import load_manifest
 
         agent = self.config.agent
-        return load_manifest(path, default_memory=agent.default_memory, default_cpus=agent.default_cpus)
+        return load_manifest(
+            path, default_memory=agent.default_memory, default_cpus=agent.default_cpus
+        )
 
     def budget(self, loaded: LoadedManifest | None) -> Budget:
         from reconciler.models.manifest import Budget
@@ -266,7 +276,9 @@ class Engine:
         if loaded is None and manifest_path is not None:
             loaded = self.load_manifest(manifest_path)
         name = loaded.project if loaded is not None else check_name(project or "")
-        with self.store.lock(name, "destroy" if destroy else "apply", timeout=lock_timeout) as notes:
+        with self.store.lock(
+            name, "destroy" if destroy else "apply", timeout=lock_timeout
+        ) as notes:
             for note in notes:
                 on_note(note)
             inventory = self.driver.list()

@@ -153,7 +153,9 @@ class Executor:
         ready += [_Task(c) for c in plan.changes if c.action.steps[0] != "kill"]
         started_ok: list[str] = []
         inflight: dict[Future[CallResult], _Task] = {}
-        with ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="sprites-apply") as pool:
+        with ThreadPoolExecutor(
+            max_workers=self.parallelism, thread_name_prefix="sprites-apply"
+        ) as pool:
             while ready or inflight:
                 batch = self._admit(ready, ledger, len(inflight))
                 if batch:
@@ -172,7 +174,9 @@ class Executor:
                     task = inflight.pop(future)
                     outcome = self._settle(task, future, ledger)
                     result.outcomes.append(outcome)
-                    self._notify("post_step", task.change, task.step, outcome.error, outcome.elapsed)
+                    self._notify(
+                        "post_step", task.change, task.step, outcome.error, outcome.elapsed
+                    )
                     if outcome.error is not None:
                         result.failures.append((task.change.address, outcome.error))
                     elif task.step_index + 1 < len(task.change.action.steps):
@@ -207,8 +211,12 @@ class Executor:
         for name in plan.adopt:
             sprite = observed[name]
             records[name] = OwnedRecord(
-                name=name, status="running", spec=dict(plan.adopt[name]), id=sprite.id,
-                runtime=sprite.runtime, started_at=sprite.started_at or now,
+                name=name,
+                status="running",
+                spec=dict(plan.adopt[name]),
+                id=sprite.id,
+                runtime=sprite.runtime,
+                started_at=sprite.started_at or now,
             )
         if records != self.state.records:
             self.state.records = records
@@ -289,7 +297,9 @@ class Executor:
         record = self.state.records.get(name)
         if task.step == "kill":
             if record is not None:
-                self.state.records[name] = record.with_(status="running", last_error=error.user_message)
+                self.state.records[name] = record.with_(
+                    status="running", last_error=error.user_message
+                )
         else:
             ledger.add(name, task.change.after or {}, -1)
             if isinstance(error, RuntimeTimeoutError):
@@ -314,7 +324,9 @@ class Executor:
 
     @staticmethod
     def _count(change: Change, result: ApplyResult) -> None:
-        key = "replace" if change.action in (Action.REPLACE, Action.RESTART) else change.action.value
+        key = (
+            "replace" if change.action in (Action.REPLACE, Action.RESTART) else change.action.value
+        )
         result.counts[key] += 1
 
     def _verify(self, names: list[str], result: ApplyResult) -> None:
@@ -333,4 +345,3 @@ class Executor:
                 f"Failed to start Sprite: the runtime reported '{name}' started, but it {state}"
             )
             result.failures.append((name, error))
-

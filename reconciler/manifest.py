@@ -63,7 +63,9 @@ def load_manifest(path: Path, *, default_memory: int, default_cpus: int) -> Load
         raise ManifestError(Position(shown), "is a directory, not a manifest file") from None
     except OSError as exc:
         raise ManifestError(Position(shown), f"cannot read: {exc.strerror}") from None
-    return parse_manifest(raw, shown, path=path, default_memory=default_memory, default_cpus=default_cpus)
+    return parse_manifest(
+        raw, shown, path=path, default_memory=default_memory, default_cpus=default_cpus
+    )
 
 
 def parse_manifest(
@@ -76,7 +78,8 @@ def parse_manifest(
 ) -> LoadedManifest:
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestError(
-            Position(shown), f"file is too large for a manifest (over {MAX_MANIFEST_BYTES >> 20}MiB)"
+            Position(shown),
+            f"file is too large for a manifest (over {MAX_MANIFEST_BYTES >> 20}MiB)",
         )
     try:
         text = raw.decode("utf-8")
@@ -87,7 +90,9 @@ def parse_manifest(
         raise ManifestError(Position(shown, line, column), "not valid UTF-8 text") from None
     if "\x00" in text:
         offset = text.index("\x00")
-        raise ManifestError(_offset_position(shown, text, offset), "binary data (NUL byte) in manifest")
+        raise ManifestError(
+            _offset_position(shown, text, offset), "binary data (NUL byte) in manifest"
+        )
     try:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
@@ -112,13 +117,17 @@ def parse_manifest(
     except ValidationError as exc:
         raise _translate(exc, shown, root) from None
     try:
-        desired = desired_sprites(manifest, default_memory=default_memory, default_cpus=default_cpus)
+        desired = desired_sprites(
+            manifest, default_memory=default_memory, default_cpus=default_cpus
+        )
     except ValueError as exc:
         field, _, message = str(exc).partition(": ")
         node = _find_node(root, tuple(field.split(".")[:2]))
         raise ManifestError(_node_position(shown, node), message, field=field) from None
     digest = hashlib.sha256(raw).hexdigest()
-    return LoadedManifest(path=path or Path(shown), manifest=manifest, desired=desired, digest=digest)
+    return LoadedManifest(
+        path=path or Path(shown), manifest=manifest, desired=desired, digest=digest
+    )
 
 
 def _offset_position(shown: str, text: str, offset: int) -> Position:
@@ -219,7 +228,8 @@ def _find_key(root: yaml.Node, loc: tuple[Any, ...]) -> yaml.Node | None:
     if isinstance(parent, yaml.MappingNode):
         for key_node, _ in parent.value:
             if key_node.value == str(loc[-1]):
-                return key_node
+                found: yaml.Node = key_node
+                return found
     return None
 
 
@@ -274,8 +284,12 @@ def _message(error: Any, loc: tuple[Any, ...]) -> str:
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         ctx = error.get("ctx", {})
         bound = next(iter(ctx.values()), "")
-        word = {"greater_than_equal": "at least", "less_than_equal": "at most",
-                "greater_than": "greater than", "less_than": "less than"}[kind]
+        word = {
+            "greater_than_equal": "at least",
+            "less_than_equal": "at most",
+            "greater_than": "greater than",
+            "less_than": "less than",
+        }[kind]
         return f"must be {word} {bound}, got {error.get('input')!r}"
     if kind == "too_short":
         return "must not be empty"

@@ -81,10 +81,14 @@ def plan(
                     _change(name, Action.RESTART, Reason.ADOPTED, None, want.spec, sprite.state)
                 )
         elif sprite is None:
-            changes.append(_change(name, Action.START, Reason.MISSING, record.spec, want.spec, None))
+            changes.append(
+                _change(name, Action.START, Reason.MISSING, record.spec, want.spec, None)
+            )
         elif not sprite.is_running:
             changes.append(
-                _change(name, Action.RESTART, Reason.NOT_RUNNING, record.spec, want.spec, sprite.state)
+                _change(
+                    name, Action.RESTART, Reason.NOT_RUNNING, record.spec, want.spec, sprite.state
+                )
             )
         elif record.spec != want.spec:
             changes.append(
@@ -111,7 +115,9 @@ def plan(
         if sprite is None:
             forget.append(name)
         else:
-            changes.append(_change(name, Action.KILL, kill_reason, owned[name].spec, None, sprite.state))
+            changes.append(
+                _change(name, Action.KILL, kill_reason, owned[name].spec, None, sprite.state)
+            )
     forget.extend(sorted(name for name in records if name not in owned and name not in desired))
 
     usage = _check_budget(desired, inventory, owned, budget)
@@ -145,8 +151,13 @@ def _change(
     state: str | None,
 ) -> Change:
     return Change.model_construct(
-        address=name, action=action, reason=reason, before=before, after=after,
-        fields=(), observed_state=state,
+        address=name,
+        action=action,
+        reason=reason,
+        before=before,
+        after=after,
+        fields=(),
+        observed_state=state,
     )
 
 
@@ -169,7 +180,12 @@ def _explain_nested(key: str, old: dict[str, Any], new: dict[str, Any]) -> Itera
     from deepdiff import DeepDiff
 
     diff = DeepDiff(old, new, verbose_level=2)
-    for kind in ("dictionary_item_added", "dictionary_item_removed", "values_changed", "type_changes"):
+    for kind in (
+        "dictionary_item_added",
+        "dictionary_item_removed",
+        "values_changed",
+        "type_changes",
+    ):
         for path, detail in sorted(diff.get(kind, {}).items()):
             sub = path.removeprefix("root['").removesuffix("']").replace("']['", ".")
             if kind == "dictionary_item_added":
@@ -218,15 +234,26 @@ def _check_budget(
     cpus = sum(s.cpus for s in desired.values())
     # Running sprites that stay whatever this apply does: not ours, not desired.
     others = sum(
-        1 for s in inventory.sprites if s.is_running and s.name not in desired and s.name not in owned
+        1
+        for s in inventory.sprites
+        if s.is_running and s.name not in desired and s.name not in owned
     )
     host = count + others
     if budget.host_max_vms is not None and host > budget.host_max_vms:
-        detail = f"{count} in this manifest, {others} more already running on this host" if others else ""
-        raise BudgetExceededError("maxVMs", f"{host} sprites", str(budget.host_max_vms), detail=detail)
+        detail = (
+            f"{count} in this manifest, {others} more already running on this host"
+            if others
+            else ""
+        )
+        raise BudgetExceededError(
+            "maxVMs", f"{host} sprites", str(budget.host_max_vms), detail=detail
+        )
     if budget.max_vms is not None and count > budget.max_vms:
         raise BudgetExceededError(
-            "maxVMs", f"{count} sprites", str(budget.max_vms), detail="limits.maxVMs in the manifest"
+            "maxVMs",
+            f"{count} sprites",
+            str(budget.max_vms),
+            detail="limits.maxVMs in the manifest",
         )
     if budget.memory is not None and memory > budget.memory:
         raise BudgetExceededError(

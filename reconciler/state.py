@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from reconciler.errors import LockError, StateError
 from reconciler.models.state import ProjectState
@@ -128,8 +127,11 @@ class Holder:
         try:
             data = json.loads(raw)
             return Holder(
-                int(data["pid"]), str(data["host"]), str(data["user"]),
-                str(data["operation"]), float(data["since"]),
+                int(data["pid"]),
+                str(data["host"]),
+                str(data["user"]),
+                str(data["operation"]),
+                float(data["since"]),
             )
         except (ValueError, KeyError, TypeError):
             return None
@@ -152,7 +154,9 @@ class StateStore:
                 ensure_private_dir(self.state_dir)
                 ensure_private_dir(self.projects_dir)
             except PermissionError as exc:
-                raise StateError(f"cannot create state directory {self.state_dir}: {exc.strerror}") from None
+                raise StateError(
+                    f"cannot create state directory {self.state_dir}: {exc.strerror}"
+                ) from None
             self._ready = True
 
     def state_path(self, project: str) -> Path:
@@ -174,9 +178,13 @@ class StateStore:
                 hint="Move it aside to start over; sprites it recorded will then be treated as unowned.",
             ) from None
         except ValueError as exc:
-            raise StateError(f"{path}: state file is invalid ({exc}); it was left unchanged") from None
+            raise StateError(
+                f"{path}: state file is invalid ({exc}); it was left unchanged"
+            ) from None
         if state.project != project:
-            raise StateError(f"{path}: state file belongs to project '{state.project}', not '{project}'")
+            raise StateError(
+                f"{path}: state file belongs to project '{state.project}', not '{project}'"
+            )
         return state
 
     def save(self, state: ProjectState) -> None:
@@ -291,7 +299,9 @@ class StateStore:
         """Serialises admission of imperative starts against the host-wide maxVMs."""
         self._ensure()
         fd = os.open(
-            self.state_dir / "host.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            self.state_dir / "host.lock",
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
         )
         try:
             self._acquire(fd, "host", timeout)
@@ -301,4 +311,3 @@ class StateStore:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
-

@@ -71,7 +71,7 @@ Cpus = Annotated[
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": r"^\d+$"}],
-            "description": "A positive number of CPUs, as an integer or a string (\"2\").",
+            "description": 'A positive number of CPUs, as an integer or a string ("2").',
         }
     ),
 ]
@@ -106,7 +106,9 @@ class Resources(_Strict):
 class Limits(_Strict):
     """This project's own budget: the sprites it runs may never exceed it."""
 
-    maxVMs: StrictInt | None = Field(None, ge=1, description="Most sprites this project runs at once.")
+    maxVMs: StrictInt | None = Field(
+        None, ge=1, description="Most sprites this project runs at once."
+    )
     memory: Size | None = Field(None, description="Total memory of this project's sprites.")
     cpus: Cpus | None = Field(None, description="Total CPUs of this project's sprites.")
 
@@ -114,13 +116,17 @@ class Limits(_Strict):
 class SpriteTemplate(_Strict):
     """One entry under ``sprites:``; with ``replicas`` it stands for several sprites."""
 
-    memory: SpriteMemory | None = Field(None, description="Memory, e.g. 1GiB. Default: defaults.memory, then the config.")
+    memory: SpriteMemory | None = Field(
+        None, description="Memory, e.g. 1GiB. Default: defaults.memory, then the config."
+    )
     cpus: Cpus | None = Field(None, description="CPUs. Default: defaults.cpus, then the config.")
     replicas: StrictInt = Field(
         1, ge=1, le=MAX_REPLICAS, description="Run this many sprites named <name>-1 .. <name>-N."
     )
     command: list[StrictStr] | None = Field(
-        None, min_length=1, description="The sprite's command (argv). Default: a shell on its console."
+        None,
+        min_length=1,
+        description="The sprite's command (argv). Default: a shell on its console.",
     )
     env: dict[StrictStr, StrictStr] | None = Field(None, description="Environment of the command.")
 
@@ -192,7 +198,12 @@ class DesiredSprite:
         template: str = "",
     ) -> DesiredSprite:
         return DesiredSprite(
-            name, memory, cpus, command, env, template or name,
+            name,
+            memory,
+            cpus,
+            command,
+            env,
+            template or name,
             canonical_spec(memory, cpus, command, env),
         )
 
@@ -220,7 +231,11 @@ def desired_sprites(
     cpus_default = manifest.defaults.cpus or default_cpus
     result: dict[str, DesiredSprite] = {}
     for key, template in manifest.sprites.items():
-        names = [key] if template.replicas == 1 else [f"{key}-{i}" for i in range(1, template.replicas + 1)]
+        names = (
+            [key]
+            if template.replicas == 1
+            else [f"{key}-{i}" for i in range(1, template.replicas + 1)]
+        )
         command = tuple(template.command or ())
         env = tuple(sorted((template.env or {}).items()))
         memory = template.memory or memory_default

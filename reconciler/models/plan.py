@@ -167,7 +167,11 @@ class Plan(BaseModel):
         """Sprites to start, replace (restarts included) and kill."""
         counts = {"start": 0, "replace": 0, "kill": 0}
         for change in self.changes:
-            key = "replace" if change.action in (Action.REPLACE, Action.RESTART) else change.action.value
+            key = (
+                "replace"
+                if change.action in (Action.REPLACE, Action.RESTART)
+                else change.action.value
+            )
             counts[key] += 1
         return counts
 

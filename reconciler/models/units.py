@@ -60,13 +60,13 @@ def format_size(size: int) -> str:
 def parse_cpus(value: object) -> int:
     """A positive CPU count from ``2`` or ``"2"``."""
     if isinstance(value, bool):
-        raise ValueError(f"invalid cpus {value!r}: expected a positive integer such as 1 or \"2\"")
+        raise ValueError(f'invalid cpus {value!r}: expected a positive integer such as 1 or "2"')
     if isinstance(value, int):
         number = value
     elif isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
         number = int(value.strip())
     else:
-        raise ValueError(f"invalid cpus {value!r}: expected a positive integer such as 1 or \"2\"")
+        raise ValueError(f'invalid cpus {value!r}: expected a positive integer such as 1 or "2"')
     if number < 1:
         raise ValueError(f"invalid cpus {value!r}: must be at least 1")
     if number > MAX_CPUS:

@@ -49,7 +49,10 @@ def _value(path: str, value: Any) -> str:
 def describe(change: Change) -> str:
     """What the change does, in one line after the sprite's name."""
     if change.action is Action.REPLACE and change.fields:
-        parts = [f"{f.path}: {_value(f.path, f.before)} -> {_value(f.path, f.after)}" for f in change.fields]
+        parts = [
+            f"{f.path}: {_value(f.path, f.before)} -> {_value(f.path, f.after)}"
+            for f in change.fields
+        ]
         return "; ".join(parts)
     spec = change.after if change.after is not None else change.before
     resources = ""
@@ -70,7 +73,9 @@ def plan_lines(plan: Plan) -> list[str]:
     lines.append(f"{verb} for project '{plan.project}'{runtime}:")
     lines.append("")
     for change in plan.changes:
-        lines.append(f"{change.action.symbol:>3} {change.action.value} {change.address}: {describe(change)}")
+        lines.append(
+            f"{change.action.symbol:>3} {change.action.value} {change.address}: {describe(change)}"
+        )
     for name in plan.adopt:
         lines.append(f"  = adopt {name}: already running; this project will own it")
     if plan.changes or plan.adopt:
@@ -156,20 +161,30 @@ class HumanProgress(ApplyHooks):
             self.out.write(f"{change.address}: {_VERBS[step][0]}\n")
             self.out.flush()
 
-    def post_step(self, change: Change, step: str, error: ReconcilerError | None, elapsed: float) -> None:
+    def post_step(
+        self, change: Change, step: str, error: ReconcilerError | None, elapsed: float
+    ) -> None:
         took = units.format_duration(elapsed)
         with self.lock:
             if error is None:
                 self.out.write(f"{change.address}: {_VERBS[step][1]} {took}\n")
             else:
-                self.out.write(f"{change.address}: {_VERBS[step][2]} {took}: {error.user_message}\n")
+                self.out.write(
+                    f"{change.address}: {_VERBS[step][2]} {took}: {error.user_message}\n"
+                )
             self.out.flush()
 
 
 class JsonView:
     """``plan --json`` prints one document; ``apply --json`` streams events."""
 
-    def __init__(self, out: TextIO | None = None, *, stream: bool = False, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        out: TextIO | None = None,
+        *,
+        stream: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.out = out or sys.stdout
         self.stream = stream
         self.clock = clock
@@ -201,16 +216,27 @@ class JsonView:
         if result is None:
             return
         for name, error in result.failures:
-            self.emit(EventType.DIAGNOSTIC, {"severity": "error", "sprite": name, "summary": error.user_message})
+            self.emit(
+                EventType.DIAGNOSTIC,
+                {"severity": "error", "sprite": name, "summary": error.user_message},
+            )
         self.emit(
             EventType.APPLY_SUMMARY,
-            {"operation": operation, "ok": result.ok, "changes": result.counts, "failed": len(result.failures),
-             "elapsed": round(result.elapsed, 3)},
+            {
+                "operation": operation,
+                "ok": result.ok,
+                "changes": result.counts,
+                "failed": len(result.failures),
+                "elapsed": round(result.elapsed, 3),
+            },
         )
 
     def error(self, error: ReconcilerError) -> None:
         if self.stream:
-            self.emit(EventType.DIAGNOSTIC, {"severity": "error", "summary": error.user_message, "detail": error.hint})
+            self.emit(
+                EventType.DIAGNOSTIC,
+                {"severity": "error", "summary": error.user_message, "detail": error.hint},
+            )
         else:
             document = {"success": False, "message": error.user_message}
             if error.hint:
@@ -223,10 +249,20 @@ class JsonProgress(ApplyHooks):
         self.view = view
 
     def pre_step(self, change: Change, step: str) -> None:
-        self.view.emit(EventType.APPLY_START, {"sprite": change.address, "action": change.action.value, "step": step})
+        self.view.emit(
+            EventType.APPLY_START,
+            {"sprite": change.address, "action": change.action.value, "step": step},
+        )
 
-    def post_step(self, change: Change, step: str, error: ReconcilerError | None, elapsed: float) -> None:
-        payload = {"sprite": change.address, "action": change.action.value, "step": step, "elapsed": round(elapsed, 3)}
+    def post_step(
+        self, change: Change, step: str, error: ReconcilerError | None, elapsed: float
+    ) -> None:
+        payload = {
+            "sprite": change.address,
+            "action": change.action.value,
+            "step": step,
+            "elapsed": round(elapsed, 3),
+        }
         if error is None:
             self.view.emit(EventType.APPLY_COMPLETE, payload)
         else:
