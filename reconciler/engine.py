@@ -115,10 +115,13 @@ class Engine:
         agent = self.config.agent
         try:
             from reconciler.drivers import builtin
-        except ImportError:
+
+            unavailable_reason = builtin.unavailable_reason
+        except (ImportError, AttributeError):
+            # An empty or partial package (a checkout without the built-in runtime).
             reason = "the built-in runtime is not installed"
         else:
-            reason = builtin.unavailable_reason()
+            reason = unavailable_reason()
             if reason is None:
                 driver: Driver = builtin.make_driver(
                     self.state_dir, timeout=agent.timeout, enforce_limits=agent.enforce_limits
