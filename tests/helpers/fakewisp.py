@@ -175,9 +175,16 @@ class FakeWisp:
             data["sprites"][name]["state"] = state
 
     def kill_leftovers(self) -> None:
-        """SIGKILL whatever is still running in the process groups of this
-        fake's calls (hung or lingering children)."""
-        for pgid in set(record["pgid"] for record in self.call_records()):
+        """SIGKILL whatever is still running in the process groups this
+        fake's calls led (hung or lingering children). Calls that ran in
+        someone else's group (started without a new session) are left alone."""
+        own = os.getpgid(0)
+        led = {
+            record["pgid"]
+            for record in self.call_records()
+            if "argv" in record and record["pgid"] == record["pid"] != own
+        }
+        for pgid in led:
             if process_group_members(pgid):
                 try:
                     os.killpg(pgid, signal.SIGKILL)

@@ -1,0 +1,156 @@
+"""process.run and process.run_interactive: argv only, own process group,
+open stdin, captured output, timeouts that leave nothing behind."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from reconciler.drivers import process
+from reconciler.errors import RuntimeCallError, RuntimeTimeoutError
+from tests.helpers.fakewisp import process_group_members
+
+PY = [sys.executable, "-S", "-c"]
+
+
+def test_captures_output_and_exit_status() -> None:
+    completed = process.run(
+        [*PY, "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"],
+        timeout=10,
+        op="start",
+    )
+    assert completed.returncode == 3
+    assert completed.stdout == "out\n"
+    assert completed.stderr == "err\n"
+    assert completed.duration > 0
+
+
+def test_arguments_are_never_interpreted_by_a_shell() -> None:
+    tricky = "$(echo pwned); `id` | cat > /dev/null && *"
+    completed = process.run([*PY, "import sys; print(sys.argv[1])", tricky], timeout=10, op="x")
+    assert completed.stdout == tricky + "\n"
+
+
+def test_a_string_is_not_an_argv() -> None:
+    with pytest.raises(TypeError):
+        process.run("echo hi", timeout=10, op="x")
+
+
+def test_child_runs_in_its_own_process_group_and_session() -> None:
+    completed = process.run(
+        [*PY, "import os; print(os.getpgid(0) == os.getpid(), os.getsid(0) == os.getpid())"],
+        timeout=10,
+        op="x",
+    )
+    assert completed.stdout.split() == ["True", "True"]
+
+
+STDIN_PROBE = (
+    "import select, sys; "
+    "ready = select.select([sys.stdin], [], [], 0.3)[0]; "
+    "print('eof' if ready and sys.stdin.read() == '' else 'open')"
+)
+
+
+def test_stdin_is_an_open_pipe_that_is_never_written() -> None:
+    assert process.run([*PY, STDIN_PROBE], timeout=10, op="x").stdout == "open\n"
+
+
+def test_stdin_can_be_closed() -> None:
+    completed = process.run([*PY, STDIN_PROBE], timeout=10, op="x", stdin_open=False)
+    assert completed.stdout == "eof\n"
+
+
+def test_large_output_on_both_streams_does_not_deadlock() -> None:
+    code = "import sys; sys.stdout.write('o' * 300000); sys.stderr.write('e' * 300000)"
+    completed = process.run([*PY, code], timeout=10, op="x")
+    assert (len(completed.stdout), len(completed.stderr)) == (300000, 300000)
+
+
+def test_each_call_is_logged_with_its_duration(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="sprites.runtime"):
+        process.run(["true", "start", "agent-1", "--memory", "512MiB"], timeout=10, op="start")
+    messages = [r.getMessage() for r in caplog.records if r.name == "sprites.runtime"]
+    assert any(
+        m.startswith("true start agent-1 --memory 512MiB -> exit 0 in ") and m.endswith("s")
+        for m in messages
+    ), messages
+
+
+def test_a_missing_program_is_a_call_error() -> None:
+    expected = r"^Failed to start Sprite: cannot run '/nonexistent/wisp': "
+    with pytest.raises(RuntimeCallError, match=expected):
+        process.run(["/nonexistent/wisp", "start"], timeout=10, op="start")
+
+
+@pytest.mark.parametrize(("timeout", "shown"), [(0.5, "0.5"), (1, "1"), (1.0, "1")])
+def test_timeout_message(timeout: float, shown: str) -> None:
+    with pytest.raises(RuntimeTimeoutError) as caught:
+        process.run([*PY, "import time; time.sleep(60)"], timeout=timeout, op="kill")
+    assert str(caught.value) == f"Failed to kill Sprite: Command timed out after {shown} seconds"
+    assert caught.value.seconds == timeout
+
+
+@pytest.fixture
+def spawned(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids (= process group ids) of the children process.run starts."""
+    pids: list[int] = []
+    real_popen = subprocess.Popen
+
+    class Recording(real_popen):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            pids.append(self.pid)
+
+    monkeypatch.setattr(subprocess, "Popen", Recording)
+    return pids
+
+
+HANG_WITH_CHILD = (
+    "import os, signal, time\n"
+    "if {ignore}:\n"
+    "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "os.fork()\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_timeout_kills_the_whole_group(spawned: list[int]) -> None:
+    started = time.monotonic()
+    with pytest.raises(RuntimeTimeoutError):
+        process.run([*PY, HANG_WITH_CHILD.format(ignore=False)], timeout=0.5, op="x")
+    assert time.monotonic() - started < 0.5 + process.KILL_GRACE
+    assert process_group_members(spawned[0]) == []
+
+
+def test_sigkill_follows_an_ignored_sigterm(
+    spawned: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(process, "KILL_GRACE", 0.3)
+    started = time.monotonic()
+    with pytest.raises(RuntimeTimeoutError):
+        process.run([*PY, HANG_WITH_CHILD.format(ignore=True)], timeout=0.5, op="x")
+    assert time.monotonic() - started >= 0.5 + 0.3 - 0.05
+    assert process_group_members(spawned[0]) == []
+
+
+def test_a_process_left_holding_the_output_does_not_hold_up_the_call() -> None:
+    code = "import os, sys, time\nif os.fork() == 0:\n    time.sleep(3)\nprint('done')\n"
+    started = time.monotonic()
+    completed = process.run([*PY, code], timeout=10, op="start")
+    assert completed.stdout == "done\n"
+    assert time.monotonic() - started < 2
+
+
+def test_interactive_run_returns_the_exit_status() -> None:
+    assert process.run_interactive([*PY, "raise SystemExit(4)"]) == 4
+
+
+def test_interactive_run_of_a_missing_program_is_a_call_error() -> None:
+    with pytest.raises(RuntimeCallError, match=r"^Failed to attach Sprite: cannot run"):
+        process.run_interactive(["/nonexistent/wisp", "attach", "a"])
