@@ -98,7 +98,7 @@ class WispDriver:
             "start",
             name,
             "--memory",
-            units.format_size(request.memory),
+            memory_argument(request.memory),
             "--cpus",
             str(request.cpus),
         ]
@@ -144,6 +144,17 @@ class WispDriver:
         if completed.returncode != 0:
             raise _call_error(op, completed)
         return completed
+
+
+def memory_argument(size: int) -> str:
+    """``--memory`` in the units the contract names: KiB, MiB or GiB, else
+    plain bytes."""
+    shown = units.format_size(size)
+    if shown.endswith("TiB"):
+        return f"{size >> 30}GiB"
+    if shown.endswith("iB"):
+        return shown
+    return str(size)
 
 
 def _checked_name(name: object) -> str:

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.drivers.wisp import failure_reason, parse_list_output, resolve_wisp
+from reconciler.drivers.wisp import (
+    failure_reason,
+    memory_argument,
+    parse_list_output,
+    resolve_wisp,
+)
 from reconciler.errors import RuntimeOutputError
 
 ENTRY = {"id": "sprite-abc123", "name": "agent-1", "state": "running", "pid": 12345}
@@ -93,6 +98,21 @@ def test_the_excerpt_is_200_bytes_and_never_splits_a_character() -> None:
 )
 def test_failure_reason_is_the_last_stderr_line(stderr: str, reason: str) -> None:
     assert failure_reason(stderr, 7) == reason
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [
+        (512 << 20, "512MiB"),
+        (1 << 30, "1GiB"),
+        (1536 << 20, "1536MiB"),
+        (4 << 10, "4KiB"),
+        (2 << 40, "2048GiB"),
+        (1000, "1000"),
+    ],
+)
+def test_memory_is_given_in_the_contracts_units(size: int, shown: str) -> None:
+    assert memory_argument(size) == shown
 
 
 def _executable(path: Path, mode: int = 0o755) -> Path:
