@@ -326,7 +326,7 @@ def _check_saved(saved: Plan, current: Plan) -> None:
 def read_saved_plan(path: Path) -> Plan:
     from pydantic import ValidationError
 
-    from reconciler.models.plan import SavedPlan
+    from reconciler.models.plan import read_saved_plan_json
 
     try:
         raw = path.read_bytes()
@@ -334,7 +334,7 @@ def read_saved_plan(path: Path) -> Plan:
         raise UsageError(f"cannot read saved plan {path}: {exc.strerror}") from None
     try:
         data: Any = json.loads(raw)
-        return SavedPlan.model_validate(data).plan
+        return read_saved_plan_json(data)
     except (ValueError, ValidationError):
         raise UsageError(
             f"{path} is not a saved plan",
@@ -343,9 +343,9 @@ def read_saved_plan(path: Path) -> Plan:
 
 
 def write_saved_plan(plan: Plan, path: Path) -> None:
-    from reconciler.models.plan import SavedPlan
+    from reconciler.models.plan import saved_plan_json
 
-    data = SavedPlan(plan=plan).model_dump_json(indent=1).encode() + b"\n"
+    data = json.dumps(saved_plan_json(plan), indent=1).encode() + b"\n"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)

@@ -105,6 +105,16 @@ class RuntimeUnavailableError(ReconcilerError):
     """No runtime can serve this host (for example no wisp and no built-in runtime)."""
 
 
+#: How each runtime operation reads in ``Failed to <...>: <reason>``.
+_OP_PHRASES = {
+    "attach": "attach to Sprite",
+    "list": "list Sprites",
+    "logs": "read Sprite logs",
+    "exec": "exec in Sprite",
+    "cp": "copy files of Sprite",
+}
+
+
 class RuntimeCallError(ReconcilerError):
     """A runtime operation failed; worded ``Failed to <op> Sprite: <reason>``."""
 
@@ -113,7 +123,7 @@ class RuntimeCallError(ReconcilerError):
         self.reason = reason
         self.stdout = stdout
         self.stderr = stderr
-        super().__init__(f"Failed to {op} Sprite: {reason}")
+        super().__init__(f"Failed to {_OP_PHRASES.get(op, f'{op} Sprite')}: {reason}")
 
 
 class SpriteNotFoundError(RuntimeCallError):

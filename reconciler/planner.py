@@ -21,27 +21,34 @@ from reconciler.models.plan import (
     BudgetUsage,
     Change,
     FieldChange,
-    ObservedEntry,
     Plan,
     Reason,
 )
 from reconciler.models.state import OwnedRecord
 
 
-def recover(records: Mapping[str, OwnedRecord], inventory: Inventory) -> dict[str, OwnedRecord]:
+def recover(
+    records: Mapping[str, OwnedRecord],
+    inventory: Inventory,
+    observed: Mapping[str, ObservedSprite] | None = None,
+) -> dict[str, OwnedRecord]:
     """Settle records an interrupted apply left mid-operation, by what is observed.
 
     A ``starting`` or ``killing`` record whose sprite is listed is owned and
     running as far as planning goes; one whose sprite is absent is dropped
     (the sprite never started, or its kill finished).
     """
-    observed = inventory.by_name()
-    settled: dict[str, OwnedRecord] = {}
-    for name, record in records.items():
+    unsettled = [record for record in records.values() if record.status != "running"]
+    settled = dict(records)
+    if not unsettled:
+        return settled
+    observed = observed if observed is not None else inventory.by_name()
+    for record in unsettled:
+        name = record.name
         sprite = observed.get(name)
-        if record.status == "running":
-            settled[name] = record
-        elif sprite is not None:
+        if sprite is None:
+            del settled[name]
+        else:
             settled[name] = record.with_(status="running", id=sprite.id or record.id)
     return settled
 
@@ -60,13 +67,14 @@ def plan(
     manifest_digest: str | None = None,
 ) -> Plan:
     observed = inventory.by_name()
-    owned = recover(records, inventory)
+    owned = recover(records, inventory, observed)
     changes: list[Change] = []
     adopted: dict[str, dict[str, Any]] = {}
     conflicts: list[ObservedSprite] = []
 
-    for name in sorted(desired):
-        want = desired[name]
+    # What the manifest wants comes in manifest order (worker-2 before
+    # worker-10), what it no longer wants in name order.
+    for name, want in desired.items():
         sprite = observed.get(name)
         record = owned.get(name)
         if record is None:
@@ -92,7 +100,7 @@ def plan(
             )
         elif record.spec != want.spec:
             changes.append(
-                Change.model_construct(
+                Change(
                     address=name,
                     action=Action.REPLACE,
                     reason=Reason.SPEC_CHANGED,
@@ -108,9 +116,7 @@ def plan(
 
     kill_reason = Reason.DESTROY if operation == "destroy" else Reason.REMOVED_FROM_MANIFEST
     forget: list[str] = []
-    for name in sorted(owned):
-        if name in desired:
-            continue
+    for name in sorted(name for name in owned if name not in desired):
         sprite = observed.get(name)
         if sprite is None:
             forget.append(name)
@@ -121,18 +127,15 @@ def plan(
     forget.extend(sorted(name for name in records if name not in owned and name not in desired))
 
     usage = _check_budget(desired, inventory, owned, budget)
-    snapshot = tuple(
-        ObservedEntry.model_construct(id=s.id, name=s.name, state=s.state, owned=s.name in owned)
-        for s in inventory.sprites
-    )
-    return Plan.model_construct(
+    return Plan(
         format_version="1",
         project=project,
         operation=operation,
         changes=tuple(changes),
         forget=tuple(forget),
         adopt=adopted,
-        observed=snapshot,
+        observed=inventory.sprites,
+        owned=frozenset(owned),
         budget=usage,
         warnings=tuple(inventory.warnings),
         manifest_path=manifest_path,
@@ -150,7 +153,7 @@ def _change(
     after: dict[str, Any] | None,
     state: str | None,
 ) -> Change:
-    return Change.model_construct(
+    return Change(
         address=name,
         action=action,
         reason=reason,
@@ -165,14 +168,15 @@ def explain(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[FieldC
     """The fields that differ. Scalars are compared directly; nested values
     (command, env, ...) are explained by deepdiff, and only when they differ."""
     result: list[FieldChange] = []
-    for key in sorted(set(before) | set(after)):
+    keys = before.keys() if before.keys() == after.keys() else sorted(set(before) | set(after))
+    for key in keys:
         old, new = before.get(key), after.get(key)
         if old == new:
             continue
         if isinstance(old, dict) and isinstance(new, dict):
             result.extend(_explain_nested(key, old, new))
         else:
-            result.append(FieldChange.model_construct(path=key, before=old, after=new))
+            result.append(FieldChange(path=key, before=old, after=new))
     return tuple(result)
 
 
@@ -194,7 +198,7 @@ def _explain_nested(key: str, old: dict[str, Any], new: dict[str, Any]) -> Itera
                 before, after = detail, None
             else:
                 before, after = detail.get("old_value"), detail.get("new_value")
-            yield FieldChange.model_construct(path=f"{key}.{sub}", before=before, after=after)
+            yield FieldChange(path=f"{key}.{sub}", before=before, after=after)
 
 
 def inventory_digest(sprites: Iterable[ObservedSprite]) -> str:
@@ -266,7 +270,7 @@ def _check_budget(
         raise BudgetExceededError(
             "cpus", str(cpus), str(budget.cpus), detail="limits.cpus in the manifest"
         )
-    return BudgetUsage.model_construct(
+    return BudgetUsage(
         host_sprites=host,
         host_max_vms=budget.host_max_vms,
         sprites=count,

@@ -125,7 +125,7 @@ def name_problem(name: object) -> str | None:
         return None
     shown = repr(name)
     if isinstance(name, str) and len(name) > 63:
-        return f"invalid name {shown[:40]}...': at most 63 characters"
+        return f"invalid name {shown[:40]}...: at most 63 characters"
     return (
         f"invalid name {shown}: use 1-63 lowercase letters, digits and '-', "
         "starting with a letter or digit"

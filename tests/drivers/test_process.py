@@ -152,5 +152,5 @@ def test_interactive_run_returns_the_exit_status() -> None:
 
 
 def test_interactive_run_of_a_missing_program_is_a_call_error() -> None:
-    with pytest.raises(RuntimeCallError, match=r"^Failed to attach Sprite: cannot run"):
+    with pytest.raises(RuntimeCallError, match=r"^Failed to attach to Sprite: cannot run"):
         process.run_interactive(["/nonexistent/wisp", "attach", "a"])

@@ -104,7 +104,7 @@ def test_attach_without_a_terminal_prints_the_console(driver: WispDriver) -> Non
 
 
 def test_attach_to_an_unknown_sprite_is_not_found(driver: WispDriver) -> None:
-    with pytest.raises(SpriteNotFoundError, match=r"^Failed to attach Sprite: sprite 'ghost'"):
+    with pytest.raises(SpriteNotFoundError, match=r"^Failed to attach to Sprite: sprite 'ghost'"):
         driver.attach("ghost", interactive=False)
 
 
@@ -113,7 +113,7 @@ def test_logs_for_all_and_for_one(driver: WispDriver) -> None:
     driver.start(request("agent-2"))
     assert isinstance(driver.logs(None).stdout, str)
     assert isinstance(driver.logs("agent-1").stdout, str)
-    with pytest.raises(SpriteNotFoundError, match=r"^Failed to logs Sprite"):
+    with pytest.raises(SpriteNotFoundError, match=r"^Failed to read Sprite logs"):
         driver.logs("ghost")
 
 
@@ -247,7 +247,7 @@ def test_interactive_attach_runs_on_the_terminal(
     fake.add_sprite("agent-1")
     assert driver.attach("agent-1", interactive=True).stdout == ""
     assert seen == [[fake.path, "attach", "agent-1"]]
-    with pytest.raises(RuntimeCallError, match=r"^Failed to attach Sprite: exit status 1$"):
+    with pytest.raises(RuntimeCallError, match=r"^Failed to attach to Sprite: exit status 1$"):
         driver.attach("ghost", interactive=True)
 
 
@@ -295,7 +295,7 @@ def test_garbage_list_shows_the_first_200_bytes(driver: WispDriver, fake: FakeWi
     with pytest.raises(RuntimeOutputError) as caught:
         driver.list()
     assert str(caught.value) == (
-        "Failed to list Sprite: invalid JSON from 'wisp list --json': "
+        "Failed to list Sprites: invalid JSON from 'wisp list --json': "
         + stdout.encode()[:200].decode()
     )
 
@@ -308,7 +308,7 @@ def test_truncated_or_empty_list_is_an_output_error(
     fake.add_sprite("agent-1")
     fake.add_sprite("agent-2")
     fake.script(list=mode)
-    with pytest.raises(RuntimeOutputError, match=r"^Failed to list Sprite: invalid JSON from"):
+    with pytest.raises(RuntimeOutputError, match=r"^Failed to list Sprites: invalid JSON from"):
         driver.list()
 
 
@@ -350,7 +350,7 @@ def test_invalid_list_entries_are_output_errors(
     driver: WispDriver, fake: FakeWisp, entry: str
 ) -> None:
     fake.script(list_output=f"[{entry}]")
-    with pytest.raises(RuntimeOutputError, match=r"^Failed to list Sprite: invalid entry 0"):
+    with pytest.raises(RuntimeOutputError, match=r"^Failed to list Sprites: invalid entry 0"):
         driver.list()
 
 
@@ -386,7 +386,8 @@ def test_known_reasons_surface_as_failed_to_op(
         OPS[op](driver)
     shown = reason.replace("{name}", "" if op == "list" else "agent-1")
     assert type(caught.value) is kind
-    assert str(caught.value) == f"Failed to {op} Sprite: {shown}"
+    phrase = {"list": "list Sprites", "attach": "attach to Sprite", "logs": "read Sprite logs"}
+    assert str(caught.value) == f"Failed to {phrase.get(op, op + ' Sprite')}: {shown}"
     assert caught.value.op == op
     assert "cache is stale" in caught.value.stderr
 
@@ -414,7 +415,7 @@ def test_silent_failure_reports_the_exit_status(driver: WispDriver, fake: FakeWi
     fake.script(fail={"list": ""}, exit_code=3)
     with pytest.raises(RuntimeCallError) as caught:
         driver.list()
-    assert str(caught.value) == "Failed to list Sprite: exit status 3"
+    assert str(caught.value) == "Failed to list Sprites: exit status 3"
 
 
 @fakewisp_only
@@ -492,7 +493,7 @@ def test_sigterm_is_escalated_to_sigkill(
     fake.script(hang=["list"], hang_child=True, ignore_sigterm=True)
     driver = make_driver(timeout=1)
     started = time.monotonic()
-    with pytest.raises(RuntimeTimeoutError, match="^Failed to list Sprite: Command timed out"):
+    with pytest.raises(RuntimeTimeoutError, match="^Failed to list Sprites: Command timed out"):
         driver.list()
     elapsed = time.monotonic() - started
     assert elapsed >= 1.0 + 0.5 - 0.05

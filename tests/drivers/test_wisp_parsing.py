@@ -74,7 +74,7 @@ def test_an_empty_array() -> None:
 def test_no_array_is_an_output_error(stdout: str) -> None:
     with pytest.raises(RuntimeOutputError) as caught:
         parse_list_output(stdout)
-    prefix = "Failed to list Sprite: invalid JSON from 'wisp list --json': "
+    prefix = "Failed to list Sprites: invalid JSON from 'wisp list --json': "
     assert str(caught.value) == prefix + stdout.encode()[:200].decode()
 
 
