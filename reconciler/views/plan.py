@@ -82,14 +82,40 @@ def plan_lines(plan: Plan) -> list[str]:
         lines.append("")
     if plan.budget is not None and plan.operation != "destroy":
         lines.append(budget_line(plan))
-    if not plan.has_changes:
-        lines.append(NO_CHANGES)
-    else:
-        counts = plan.counts()
-        lines.append(
-            f"Plan: {counts['start']} to start, {counts['replace']} to replace, {counts['kill']} to kill."
-        )
+    lines.append(plan_summary(plan))
     return lines
+
+
+def plan_summary(plan: Plan) -> str:
+    """The plan's last line: what it will do, or that nothing needs doing."""
+    if not plan.has_changes:
+        return NO_CHANGES
+    counts = plan.counts()
+    return (
+        f"Plan: {counts['start']} to start, {counts['replace']} to replace, "
+        f"{counts['kill']} to kill."
+    )
+
+
+def apply_message(result: ApplyResult, operation: str) -> str:
+    """``Apply complete! Sprites: ...`` (or ``failed``): the human view's and the tools' words."""
+    c = result.counts
+    summary = f"Sprites: {c['start']} started, {c['replace']} replaced, {c['kill']} killed"
+    word = "Destroy" if operation == "destroy" else "Apply"
+    if result.ok:
+        return f"{word} complete! {summary}."
+    return f"{word} failed! {summary}; {len(result.failures)} failed."
+
+
+def apply_summary(result: ApplyResult, operation: str) -> dict[str, Any]:
+    """The outcome in numbers: the ``apply_summary`` event's payload."""
+    return {
+        "operation": operation,
+        "ok": result.ok,
+        "changes": result.counts,
+        "failed": len(result.failures),
+        "elapsed": round(result.elapsed, 3),
+    }
 
 
 def budget_line(plan: Plan) -> str:
@@ -130,13 +156,8 @@ class HumanView:
     def applied(self, result: ApplyResult | None, operation: str) -> None:
         if result is None:
             return
-        c = result.counts
-        summary = f"Sprites: {c['start']} started, {c['replace']} replaced, {c['kill']} killed"
-        word = "Destroy" if operation == "destroy" else "Apply"
-        if result.ok:
-            self.out.write(f"\n{word} complete! {summary}.\n")
-        else:
-            self.out.write(f"\n{word} failed! {summary}; {len(result.failures)} failed.\n")
+        self.out.write(f"\n{apply_message(result, operation)}\n")
+        if not result.ok:
             for name, error in result.failures:
                 self.err.write(f"❌ {name}: {error.user_message}\n")
         self.out.flush()
@@ -220,16 +241,7 @@ class JsonView:
                 EventType.DIAGNOSTIC,
                 {"severity": "error", "sprite": name, "summary": error.user_message},
             )
-        self.emit(
-            EventType.APPLY_SUMMARY,
-            {
-                "operation": operation,
-                "ok": result.ok,
-                "changes": result.counts,
-                "failed": len(result.failures),
-                "elapsed": round(result.elapsed, 3),
-            },
-        )
+        self.emit(EventType.APPLY_SUMMARY, apply_summary(result, operation))
 
     def error(self, error: ReconcilerError) -> None:
         if self.stream:
