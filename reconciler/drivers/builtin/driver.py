@@ -1,0 +1,946 @@
+"""The built-in runtime: a sprite is a process tree in its own PID, mount,
+UTS, IPC and network namespaces, limited by cgroups, with a console kept by a
+small compiled supervisor (see ``native/sprite-helper.c``).
+
+State is never cached: every call reads the records under
+``<state_dir>/builtin/`` and checks them against /proc, so ``sprites`` and
+``sprites-wisp`` (or two engines) see the same sprites.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import pathlib
+import pwd
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler import errors
+from reconciler.drivers import base
+from reconciler.drivers.builtin import cgroups, console, helper, records
+from reconciler.models import observed, units
+
+NAMESPACES = ("pid", "mnt", "uts", "ipc", "net")
+DEFAULT_COMMAND = ("/bin/sh",)
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SUPERVISOR_EXIT_WAIT = 2.0
+KILL_WAIT = 5.0
+MAX_PIDS = 1 << 22
+
+
+def default_state_dir() -> pathlib.Path:
+    """``$SPRITES_STATE_DIR``, else ``${XDG_STATE_HOME:-~/.local/state}/sprites``."""
+    explicit = os.environ.get("SPRITES_STATE_DIR")
+    if explicit:
+        return pathlib.Path(explicit).expanduser()
+    base_dir = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return pathlib.Path(base_dir) / "sprites"
+
+
+def _read_sysctl(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def unavailable_reason() -> str | None:
+    """None when this host can run built-in sprites, else a one-line reason."""
+    if not sys.platform.startswith("linux"):
+        return (
+            f"the built-in runtime needs Linux namespaces and cgroups (this host is {sys.platform})"
+        )
+    for ns in NAMESPACES:
+        if not os.path.exists(f"/proc/self/ns/{ns}"):
+            return f"the built-in runtime needs {ns} namespaces, which this kernel lacks"
+    if os.geteuid() != 0:
+        if _read_sysctl("/proc/sys/user/max_user_namespaces") == "0":
+            return (
+                "the built-in runtime needs root or user namespaces (user.max_user_namespaces is 0)"
+            )
+        if _read_sysctl("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+            return (
+                "the built-in runtime needs root or unprivileged user namespaces "
+                "(kernel.unprivileged_userns_clone is 0)"
+            )
+        if _read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+            return (
+                "the built-in runtime needs root: AppArmor restricts unprivileged user "
+                "namespaces (kernel.apparmor_restrict_unprivileged_userns is 1)"
+            )
+    if helper.compiler() is None and not helper.is_built(default_state_dir()):
+        return f"the built-in runtime builds a small C helper and needs a compiler: {helper.INSTALL_HINT}"
+    return None
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """A start request checked and turned into what the helper needs."""
+
+    command: tuple[str, ...]
+    env: dict[str, str]
+    workdir: str | None
+    user: str | None  # "uid:gid"
+    pids: int
+
+
+@dataclass(frozen=True)
+class _Record:
+    """One sprite's records as read from disk."""
+
+    name: str
+    request: dict[str, Any]
+    limits: cgroups.SpriteCgroups | None
+    pids: dict[str, str] | None
+    exit: dict[str, str] | None
+    starting: bool
+    log: str | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.request.get("id", ""))
+
+    @property
+    def socket(self) -> str:
+        return str(self.request.get("socket", ""))
+
+    def _int(self, source: Mapping[str, Any] | None, key: str) -> int | None:
+        if not source:
+            return None
+        try:
+            return int(source[key])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @property
+    def init_pid(self) -> int | None:
+        return self._int(self.pids, "init_pid")
+
+    @property
+    def init_start(self) -> int | None:
+        return self._int(self.pids, "init_start")
+
+    @property
+    def supervisor_pid(self) -> int | None:
+        return self._int(self.pids, "supervisor_pid")
+
+    @property
+    def supervisor_start(self) -> int | None:
+        return self._int(self.pids, "supervisor_start")
+
+    @property
+    def memory(self) -> int | None:
+        return self._int(self.request, "memory")
+
+    @property
+    def cpus(self) -> int | None:
+        return self._int(self.request, "cpus")
+
+    @property
+    def started_at(self) -> float | None:
+        for source, key in ((self.pids, "started_at"), (self.request, "created_at")):
+            if source and key in source:
+                try:
+                    return float(source[key])
+                except (TypeError, ValueError):
+                    pass
+        return None
+
+    @property
+    def init_alive(self) -> bool:
+        return records.is_alive(self.init_pid, self.init_start)
+
+    @property
+    def supervisor_alive(self) -> bool:
+        return records.is_alive(self.supervisor_pid, self.supervisor_start)
+
+    @property
+    def limit_text(self) -> str:
+        memory = self.memory
+        return units.format_size(memory) if memory else "unknown"
+
+    def oom_kills(self) -> int:
+        return cgroups.oom_kills(self.limits) if self.limits else 0
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _ended(record: _Record) -> tuple[str, str]:
+    """State and reason of a sprite whose init is gone."""
+    oom = record.oom_kills()
+    oom_reason = f"killed by the kernel: out of memory (limit {record.limit_text})"
+    status = record.exit or {}
+
+    def number(key: str) -> int | None:
+        try:
+            return int(status[key])
+        except (KeyError, ValueError):
+            return None
+
+    code, sig = number("code"), number("signal")
+    init_code, init_sig = number("init_code"), number("init_signal")
+    if code is not None:
+        if code == 0:
+            return "stopped", "exited with code 0"
+        return (
+            "error",
+            f"{oom_reason}; exited with code {code}" if oom else f"exited with code {code}",
+        )
+    if sig is not None:
+        if oom and sig == signal.SIGKILL:
+            return "error", oom_reason
+        return "error", f"killed by signal {sig} ({_signal_name(sig)})"
+    if init_sig is not None:
+        if oom:
+            return "error", oom_reason
+        return (
+            "error",
+            f"the sprite's init was killed by signal {init_sig} ({_signal_name(init_sig)})",
+        )
+    if init_code is not None:
+        if init_code == 0:
+            return "stopped", "exited with code 0"
+        return "error", f"the sprite's init exited with code {init_code}"
+    if oom:
+        return "error", oom_reason
+    return "error", "the sprite ended without recording an exit status"
+
+
+class BuiltinDriver:
+    """Runs sprites on this host; see the module docstring. Thread-safe: it
+    keeps no state between calls besides configuration."""
+
+    name = "builtin"
+
+    def __init__(
+        self,
+        state_dir: pathlib.Path,
+        *,
+        timeout: float = 300.0,
+        enforce_limits: bool = True,
+        grace: float = 5.0,
+    ) -> None:
+        self.state_dir = pathlib.Path(state_dir)
+        self.layout = records.Layout(self.state_dir)
+        self.timeout = float(timeout)
+        self.enforce_limits = enforce_limits
+        self.grace = float(grace)
+        self._hierarchy: cgroups.Hierarchy | None = None
+        self._hierarchy_known = False
+
+    # ------------------------------------------------------------- protocol
+
+    def list(self) -> observed.Inventory:
+        sprites: builtins.list[observed.ObservedSprite] = []
+        unlimited: builtins.list[str] = []
+        for name in self._names():
+            record = self._load(name)
+            if record is None:
+                continue
+            sprites.append(self._observe(record))
+            if record.limits is None:
+                unlimited.append(name)
+        warnings: tuple[str, ...] = ()
+        if unlimited:
+            warnings = (
+                "builtin: memory and CPU limits are not enforced for "
+                + ", ".join(unlimited)
+                + " (cgroups are not writable here)",
+            )
+        raw = json.dumps([sprite.to_json() for sprite in sprites])
+        return observed.Inventory(sprites=tuple(sprites), raw=raw, warnings=warnings)
+
+    def start(self, request: base.StartRequest) -> base.CallResult:
+        name = request.name
+        self._check_name("start", name)
+        settings = self._settings(request)
+        helper_bin = self._helper("start")
+        self._ensure_layout("start")
+        final = self.layout.sprite(name)
+        if os.path.lexists(final):
+            raise errors.SpriteExistsError("start", f"sprite '{name}' already exists")
+        sprite_id = f"sprite-{secrets.token_hex(6)}"
+        socket_path = str(self.layout.socket(sprite_id))
+        dir_fd = self._reserve(name, sprite_id, socket_path, request, settings)
+        groups: cgroups.SpriteCgroups | None = None
+        try:
+            available = records.mem_available()
+            if available is not None and request.memory > available:
+                raise errors.RuntimeCallError("start", "insufficient memory")
+            groups = self._make_cgroups(name, request, settings)
+            if groups is not None:
+                records.write_json(dir_fd, "limits", groups.to_json())
+            pid = self._launch(
+                helper_bin, dir_fd, name, sprite_id, socket_path, request.memory, groups, settings
+            )
+        except BaseException:
+            self._discard(name, sprite_id, groups)
+            os.close(dir_fd)
+            raise
+        os.close(dir_fd)
+        records.append_line(
+            self.layout.runtime_log,
+            f"{records.timestamp()} started sprite {name} (id {sprite_id}, init pid {pid})",
+        )
+        address = f"unix://{socket_path}"
+        return base.CallResult(
+            stdout=f"Started Sprite VM with ID: {sprite_id}\nConnection: {address}\n",
+            id=sprite_id,
+            pid=pid,
+            address=address,
+        )
+
+    def kill(self, name: str) -> base.CallResult:
+        self._check_name("kill", name)
+        path = self.layout.sprite(name)
+        with self._locked_record("kill", name, path) as dir_fd:
+            record = self._read_record(name, dir_fd, starting=False)
+            pid = record.init_pid if record else None
+            self._stop(record)
+            if record and record.limits is not None:
+                cgroups.remove(record.limits, timeout=KILL_WAIT)
+            if record:
+                self._unlink_socket(record.socket)
+            self._remove_records(name, path)
+        shown = pid if pid is not None else "unknown"
+        records.append_line(
+            self.layout.runtime_log,
+            f"{records.timestamp()} killed sprite {name} (id {record.id if record else '?'}, "
+            f"init pid {shown})",
+        )
+        return base.CallResult(
+            stdout=f"Terminated VM {name} (PID: {shown})\n",
+            id=record.id if record else None,
+            pid=pid,
+        )
+
+    def attach(self, name: str, *, interactive: bool) -> base.CallResult:
+        self._check_name("attach", name)
+        record, text = self._record_and_console("attach", name)
+        if (
+            interactive
+            and os.isatty(0)
+            and os.isatty(1)
+            and record.init_alive
+            and record.supervisor_alive
+            and record.pids
+        ):
+            try:
+                ended = console.interactive(record.socket, record.pids.get("pts", ""), name)
+            except OSError as exc:
+                raise errors.RuntimeCallError(
+                    "attach", f"cannot reach the console of '{name}': {exc.strerror or exc}"
+                ) from exc
+            return base.CallResult(stdout=f"{ended}\n", id=record.id, pid=record.init_pid)
+        return base.CallResult(
+            stdout=f"Connected to {name}. Console output:\n{text}",
+            id=record.id,
+            pid=record.init_pid if record.init_alive else None,
+        )
+
+    def logs(self, name: str | None) -> base.CallResult:
+        if name is not None:
+            self._check_name("logs", name)
+            record, text = self._record_and_console("logs", name)
+            lines = self._sprite_log(record)
+            out = "".join(line + "\n" for line in lines)
+            out += "Console output:\n" + text
+            if text and not text.endswith("\n"):
+                out += "\n"
+            return base.CallResult(stdout=out, id=record.id)
+        entries: builtins.list[str] = []
+        runtime = self._read_file(self.layout.runtime_log)
+        entries.extend(runtime.splitlines())
+        for sprite_name in self._names():
+            other = self._load(sprite_name)
+            if other is None:
+                continue
+            for line in self._sprite_log(other):
+                stamp, _, message = line.partition(" ")
+                entries.append(f"{stamp} [{sprite_name}] {message}")
+        entries.sort(key=lambda line: line.split(" ", 1)[0])
+        return base.CallResult(stdout="".join(line + "\n" for line in entries))
+
+    def close(self) -> None:
+        """Nothing to release: sprites outlive the driver by design."""
+
+    # ------------------------------------------------------------ extension
+
+    def exec(
+        self, name: str, argv: Sequence[str], *, timeout: float | None = None
+    ) -> base.ExecResult:
+        """Run ``argv`` inside a running sprite (its namespaces, cgroups and
+        environment), with stdin closed; the exit code is the command's."""
+        self._check_name("exec", name)
+        if not argv or any(not isinstance(a, str) or "\0" in a for a in argv):
+            raise errors.RuntimeCallError("exec", "exec needs a command (strings without NUL)")
+        record = self._load(name)
+        if record is None:
+            raise errors.SpriteNotFoundError("exec", f"sprite '{name}' not found")
+        if not record.init_alive:
+            raise errors.RuntimeCallError("exec", f"sprite '{name}' is not running")
+        limit = self.timeout if timeout is None else timeout
+        err_r, err_w = os.pipe()
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                self._exec_argv(record, err_w, argv),
+                pass_fds=(err_w,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd="/",
+            )
+        except OSError as exc:
+            os.close(err_r)
+            raise errors.RuntimeCallError("exec", f"cannot run the sprite helper: {exc}") from exc
+        finally:
+            os.close(err_w)
+        try:
+            try:
+                out, err = proc.communicate(timeout=limit)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.communicate(timeout=self.grace)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                raise errors.RuntimeTimeoutError("exec", limit) from None
+            failure = self._drain(err_r).strip()
+        finally:
+            os.close(err_r)
+        if failure:
+            raise errors.RuntimeCallError("exec", failure.splitlines()[0])
+        return base.ExecResult(
+            exit_code=proc.returncode,
+            stdout=out,
+            stderr=err,
+            duration=time.monotonic() - started,
+        )
+
+    def exec_argv(self, name: str, argv: Sequence[str], error_fd: int) -> builtins.list[str]:
+        """The helper argv that runs ``argv`` in sprite ``name`` with the caller's
+        stdout and stderr (for a pass-through ``exec``); setup failures are
+        written to ``error_fd``."""
+        self._check_name("exec", name)
+        record = self._load(name)
+        if record is None:
+            raise errors.SpriteNotFoundError("exec", f"sprite '{name}' not found")
+        if not record.init_alive:
+            raise errors.RuntimeCallError("exec", f"sprite '{name}' is not running")
+        return self._exec_argv(record, error_fd, argv)
+
+    # ------------------------------------------------------------ internals
+
+    def _check_name(self, op: str, name: object) -> None:
+        if not units.is_valid_name(name):
+            raise errors.RuntimeCallError(op, units.name_problem(name) or "invalid name")
+
+    def _helper(self, op: str) -> str:
+        try:
+            return str(helper.ensure(self.state_dir))
+        except helper.HelperUnavailableError as exc:
+            raise errors.RuntimeCallError(op, str(exc)) from exc
+
+    def _ensure_layout(self, op: str) -> None:
+        try:
+            self.layout.ensure()
+        except records.UnsafePathError as exc:
+            raise errors.RuntimeCallError(op, str(exc)) from exc
+        except OSError as exc:
+            raise errors.RuntimeCallError(op, self._os_reason(exc)) from exc
+
+    @staticmethod
+    def _os_reason(exc: OSError) -> str:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return "permission denied"
+        return f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
+
+    def _settings(self, request: base.StartRequest) -> _Settings:
+        def bad(reason: str) -> errors.RuntimeCallError:
+            return errors.RuntimeCallError("start", reason)
+
+        if not isinstance(request.memory, int) or request.memory <= 0:
+            raise bad(f"invalid memory {request.memory!r}")
+        if not isinstance(request.cpus, int) or request.cpus <= 0:
+            raise bad(f"invalid cpus {request.cpus!r}")
+        command = tuple(request.command) or DEFAULT_COMMAND
+        if any(not isinstance(arg, str) or "\0" in arg for arg in command):
+            raise bad("the command must be strings without NUL bytes")
+        options = request.options
+        workdir = options.get("workdir")
+        if workdir is not None and (
+            not isinstance(workdir, str) or not workdir.startswith("/") or "\0" in workdir
+        ):
+            raise bad(f"invalid workdir {workdir!r}: expected an absolute path")
+        pids = options.get("pids", cgroups.DEFAULT_PIDS)
+        if isinstance(pids, bool) or not isinstance(pids, int) or not 1 <= pids <= MAX_PIDS:
+            raise bad(f"invalid pids {pids!r}: expected a positive integer")
+        user, home = self._resolve_user(options.get("user"))
+        env = {
+            "PATH": DEFAULT_PATH,
+            "HOME": home,
+            "TERM": "xterm-256color",
+            "HOSTNAME": request.name,
+            "LANG": "C.UTF-8",
+        }
+        for key, value in request.env.items():
+            if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+                raise bad(f"invalid environment variable name {key!r}")
+            if not isinstance(value, str) or "\0" in value:
+                raise bad(f"invalid value for environment variable {key}")
+            env[key] = value
+        return _Settings(command=command, env=env, workdir=workdir, user=user, pids=pids)
+
+    @staticmethod
+    def _resolve_user(spec: object) -> tuple[str | None, str]:
+        """("uid:gid" or None, home directory) for the ``user`` option."""
+        if spec is None:
+            try:
+                return None, pwd.getpwuid(os.geteuid()).pw_dir
+            except KeyError:
+                return None, "/"
+        if isinstance(spec, int) and not isinstance(spec, bool) and spec >= 0:
+            spec = str(spec)
+        if not isinstance(spec, str) or not spec:
+            raise errors.RuntimeCallError("start", f"invalid user {spec!r}")
+        user_part, _, group_part = spec.partition(":")
+        try:
+            if user_part.isdigit():
+                uid = int(user_part)
+                try:
+                    entry = pwd.getpwuid(uid)
+                    gid, home = entry.pw_gid, entry.pw_dir
+                except KeyError:
+                    gid, home = uid, "/"
+            else:
+                entry = pwd.getpwnam(user_part)
+                uid, gid, home = entry.pw_uid, entry.pw_gid, entry.pw_dir
+            if group_part:
+                if group_part.isdigit():
+                    gid = int(group_part)
+                else:
+                    import grp
+
+                    gid = grp.getgrnam(group_part).gr_gid
+        except KeyError as exc:
+            raise errors.RuntimeCallError("start", f"unknown user {spec!r}") from exc
+        return f"{uid}:{gid}", home
+
+    def _reserve(
+        self,
+        name: str,
+        sprite_id: str,
+        socket_path: str,
+        request: base.StartRequest,
+        settings: _Settings,
+    ) -> int:
+        """Create the sprite's record directory, locked, under its final name.
+
+        It is filled under a temporary name and renamed into place, so a
+        visible record always has its request and two starts of one name
+        cannot both win (renaming onto a non-empty directory fails)."""
+        tmp = self.layout.sprites / f".new-{sprite_id}"
+        try:
+            os.mkdir(tmp, 0o700)
+            dir_fd = records.open_dir(tmp)
+        except OSError as exc:
+            raise errors.RuntimeCallError("start", self._os_reason(exc)) from exc
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX)
+            records.write_json(
+                dir_fd,
+                "request",
+                {
+                    "id": sprite_id,
+                    "name": name,
+                    "memory": request.memory,
+                    "cpus": request.cpus,
+                    "pids": settings.pids,
+                    "command": list(settings.command),
+                    "workdir": settings.workdir,
+                    "user": settings.user,
+                    "userns": os.geteuid() != 0,
+                    "socket": socket_path,
+                    "created_at": time.time(),
+                },
+            )
+            os.rename(tmp, self.layout.sprite(name))
+        except OSError as exc:
+            os.close(dir_fd)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise errors.SpriteExistsError("start", f"sprite '{name}' already exists") from exc
+            raise errors.RuntimeCallError("start", self._os_reason(exc)) from exc
+        return dir_fd
+
+    def _hierarchy_once(self) -> cgroups.Hierarchy | None:
+        if not self._hierarchy_known:
+            self._hierarchy = cgroups.detect()
+            self._hierarchy_known = True
+        return self._hierarchy
+
+    def _make_cgroups(
+        self, name: str, request: base.StartRequest, settings: _Settings
+    ) -> cgroups.SpriteCgroups | None:
+        hierarchy = self._hierarchy_once()
+        if hierarchy is None:
+            if self.enforce_limits:
+                raise errors.RuntimeCallError(
+                    "start", "cgroup controllers memory, cpu and pids are not available"
+                )
+            return None
+        groups = cgroups.plan(hierarchy, name)
+        try:
+            cgroups.create(groups, memory=request.memory, cpus=request.cpus, pids=settings.pids)
+        except cgroups.CgroupBusyError as exc:
+            raise errors.SpriteExistsError("start", f"sprite '{name}' already exists") from exc
+        except cgroups.CgroupError as exc:
+            if self.enforce_limits:
+                raise errors.RuntimeCallError("start", exc.reason) from exc
+            return None
+        return groups
+
+    def _launch(
+        self,
+        helper_bin: str,
+        dir_fd: int,
+        name: str,
+        sprite_id: str,
+        socket_path: str,
+        memory: int,
+        groups: cgroups.SpriteCgroups | None,
+        settings: _Settings,
+    ) -> int:
+        """Run the helper and wait for it to report the sprite running; the init's pid."""
+        ready_r, ready_w = os.pipe()
+        argv = [
+            helper_bin,
+            "start",
+            "--name",
+            name,
+            "--id",
+            sprite_id,
+            "--socket",
+            socket_path,
+            "--lock-fd",
+            str(dir_fd),
+            "--ready-fd",
+            str(ready_w),
+            "--userns",
+            "1" if os.geteuid() != 0 else "0",
+        ]
+        if groups is not None:
+            for path in groups.dirs:
+                argv += ["--cgroup", path]
+            argv += ["--oom-file", groups.oom_file]
+        argv += ["--limit-text", units.format_size(memory)]
+        if settings.workdir:
+            argv += ["--workdir", settings.workdir]
+        if settings.user:
+            argv += ["--user", settings.user]
+        argv += ["--", *settings.command]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                pass_fds=(dir_fd, ready_w),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd="/",
+                env=settings.env,
+            )
+        except OSError as exc:
+            os.close(ready_r)
+            raise errors.RuntimeCallError("start", f"cannot run the sprite helper: {exc}") from exc
+        finally:
+            os.close(ready_w)
+        pids: tuple[int, int] | None = None
+        try:
+            deadline = time.monotonic() + self.timeout
+            buffer = b""
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._abandon(proc, pids)
+                    raise errors.RuntimeTimeoutError("start", self.timeout)
+                readable, _, _ = select.select([ready_r], [], [], remaining)
+                if not readable:
+                    continue
+                chunk = os.read(ready_r, 4096)
+                if not chunk:
+                    code = proc.wait()
+                    raise errors.RuntimeCallError(
+                        "start", f"the sprite helper ended without reporting (exit code {code})"
+                    )
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, _, buffer = buffer.partition(b"\n")
+                    text = line.decode("utf-8", "replace")
+                    if text.startswith("pids "):
+                        parts = text.split()
+                        pids = (int(parts[1]), int(parts[2]))
+                    elif text == "ok" and pids is not None:
+                        proc.wait()
+                        return pids[1]
+                    elif text.startswith("err "):
+                        proc.wait()
+                        raise errors.RuntimeCallError("start", text[4:])
+        except BaseException:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            raise
+        finally:
+            os.close(ready_r)
+
+    @staticmethod
+    def _abandon(proc: subprocess.Popen[bytes], pids: tuple[int, int] | None) -> None:
+        """Stop a start that ran out of time: the helper, its supervisor and init."""
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in pids or ():
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            try:
+                records.signal_process(fd, signal.SIGKILL)
+            finally:
+                os.close(fd)
+
+    def _discard(self, name: str, sprite_id: str, groups: cgroups.SpriteCgroups | None) -> None:
+        """Undo a failed start (the caller still holds the record's lock)."""
+        if groups is not None:
+            cgroups.remove(groups, timeout=KILL_WAIT)
+        self._unlink_socket(str(self.layout.socket(sprite_id)))
+        self._remove_records(name, self.layout.sprite(name))
+
+    def _remove_records(self, name: str, path: pathlib.Path) -> None:
+        trash = self.layout.trash / f"{name}.{secrets.token_hex(4)}"
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _unlink_socket(self, socket_path: str) -> None:
+        if not socket_path:
+            return
+        path = pathlib.Path(socket_path)
+        if path.parent != self.layout.run:
+            return  # never remove anything outside our own socket directory
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+    @contextlib.contextmanager
+    def _locked_record(self, op: str, name: str, path: pathlib.Path) -> Iterator[int]:
+        """The record's directory fd, locked against a concurrent start or kill."""
+        try:
+            dir_fd = records.open_dir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise errors.SpriteNotFoundError(op, f"sprite '{name}' not found") from None
+        try:
+            if not records.lock_exclusive(dir_fd, self.timeout):
+                raise errors.RuntimeTimeoutError(op, self.timeout)
+            try:
+                current = os.lstat(path)
+            except FileNotFoundError:
+                raise errors.SpriteNotFoundError(op, f"sprite '{name}' not found") from None
+            mine = os.fstat(dir_fd)
+            if (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino):
+                raise errors.SpriteNotFoundError(op, f"sprite '{name}' not found")
+            yield dir_fd
+        finally:
+            os.close(dir_fd)
+
+    def _stop(self, record: _Record | None) -> None:
+        """SIGTERM the init, SIGKILL after the grace period, and wait for the
+        supervisor to record the end. Every signal goes through a pidfd
+        opened after the start time matched, so a reused pid is never hit."""
+        if record is None:
+            return
+        init_fd = records.open_process(record.init_pid, record.init_start)
+        supervisor_fd = records.open_process(record.supervisor_pid, record.supervisor_start)
+        try:
+            if init_fd is not None:
+                records.signal_process(init_fd, signal.SIGTERM)
+                if not records.wait_exit(init_fd, self.grace):
+                    records.signal_process(init_fd, signal.SIGKILL)
+                    records.wait_exit(init_fd, KILL_WAIT)
+            if supervisor_fd is not None:
+                if init_fd is None:
+                    records.signal_process(supervisor_fd, signal.SIGKILL)
+                if not records.wait_exit(supervisor_fd, SUPERVISOR_EXIT_WAIT):
+                    records.signal_process(supervisor_fd, signal.SIGKILL)
+                    records.wait_exit(supervisor_fd, KILL_WAIT)
+        finally:
+            for fd in (init_fd, supervisor_fd):
+                if fd is not None:
+                    os.close(fd)
+
+    def _names(self) -> builtins.list[str]:
+        try:
+            entries = os.listdir(self.layout.sprites)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(e for e in entries if not e.startswith(".") and units.is_valid_name(e))
+
+    def _load(self, name: str) -> _Record | None:
+        try:
+            dir_fd = records.open_dir(self.layout.sprite(name))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            return self._read_record(name, dir_fd, starting=None)
+        finally:
+            os.close(dir_fd)
+
+    @staticmethod
+    def _read_record(
+        name: str, dir_fd: int, *, starting: bool | None, with_log: bool = False
+    ) -> _Record | None:
+        request = records.read_json(dir_fd, "request")
+        if request is None:
+            return None
+        limits_json = records.read_json(dir_fd, "limits")
+        limits = cgroups.SpriteCgroups.from_json(limits_json) if limits_json else None
+        pids = records.read_kv(dir_fd, "pids")
+        exit_status = records.read_kv(dir_fd, "exit")
+        if starting is None:
+            starting = pids is None and not records.try_lock_shared(dir_fd)
+        log = None
+        if with_log:
+            log = (records.read_bytes(dir_fd, "log") or b"").decode("utf-8", "replace")
+        return _Record(name, request, limits, pids, exit_status, starting, log)
+
+    def _observe(self, record: _Record) -> observed.ObservedSprite:
+        pid: int | None = None
+        address: str | None = None
+        reason: str | None
+        if record.pids is None:
+            if record.starting:
+                state, reason = "running", "starting"
+            else:
+                state, reason = "error", "the start did not complete"
+        elif record.init_alive:
+            state, pid = "running", record.init_pid
+            if record.supervisor_alive:
+                address, reason = f"unix://{record.socket}", None
+            else:
+                reason = "the console supervisor is not running"
+        else:
+            state, reason = _ended(record)
+        return observed.ObservedSprite(
+            id=record.id,
+            name=record.name,
+            state=state,
+            pid=pid,
+            address=address,
+            runtime=self.name,
+            memory=record.memory,
+            cpus=record.cpus,
+            started_at=record.started_at,
+            reason=reason,
+        )
+
+    def _record_and_console(self, op: str, name: str) -> tuple[_Record, str]:
+        try:
+            dir_fd = records.open_dir(self.layout.sprite(name))
+        except (FileNotFoundError, NotADirectoryError):
+            raise errors.SpriteNotFoundError(op, f"sprite '{name}' not found") from None
+        try:
+            record = self._read_record(name, dir_fd, starting=None, with_log=True)
+            if record is None:
+                raise errors.SpriteNotFoundError(op, f"sprite '{name}' not found")
+            text = records.console_text(records.read_console(dir_fd))
+        finally:
+            os.close(dir_fd)
+        return record, text
+
+    def _sprite_log(self, record: _Record) -> builtins.list[str]:
+        log = record.log
+        if log is None:
+            log = self._read_file(self.layout.sprite(record.name) / "log")
+        lines = log.splitlines()
+        kills = record.oom_kills()
+        if kills and not any("out of memory" in line for line in lines):
+            lines.append(
+                f"{records.timestamp()} killed by the kernel: out of memory "
+                f"(limit {record.limit_text}): {kills} process(es)"
+            )
+        return lines
+
+    @staticmethod
+    def _read_file(path: pathlib.Path) -> str:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return ""
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")
+
+    def _exec_argv(self, record: _Record, error_fd: int, argv: Sequence[str]) -> builtins.list[str]:
+        helper_bin = self._helper("exec")
+        args = [
+            helper_bin,
+            "exec",
+            "--name",
+            record.name,
+            "--pid",
+            str(record.init_pid),
+            "--start",
+            str(record.init_start),
+            "--error-fd",
+            str(error_fd),
+            "--userns",
+            "1" if record.request.get("userns") else "0",
+        ]
+        if record.limits is not None:
+            for path in record.limits.dirs:
+                args += ["--cgroup", path]
+        workdir = record.request.get("workdir")
+        if isinstance(workdir, str) and workdir:
+            args += ["--workdir", workdir]
+        user = record.request.get("user")
+        if isinstance(user, str) and user:
+            args += ["--user", user]
+        return [*args, "--", *argv]
+
+    @staticmethod
+    def _drain(fd: int) -> str:
+        chunks = []
+        while True:
+            readable, _, _ = select.select([fd], [], [], 0)
+            if not readable:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")

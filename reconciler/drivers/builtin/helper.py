@@ -1,0 +1,117 @@
+"""The compiled sprite helper: built on first use from the package's own C
+source and cached under ``<state_dir>/bin/`` by a hash of that source."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import secrets
+import shutil
+import stat
+import subprocess
+import threading
+
+from reconciler.drivers.builtin import records
+
+SOURCE = pathlib.Path(__file__).resolve().parent.parent / "native" / "sprite-helper.c"
+CFLAGS = ("-O2", "-Wall")
+INSTALL_HINT = "install gcc with 'apt-get install gcc'"
+BUILD_TIMEOUT = 120.0
+
+_lock = threading.Lock()
+_digest_cache: dict[tuple[str, int, int], str] = {}
+
+
+class HelperUnavailableError(Exception):
+    """The helper cannot be built or found; the message says why, in one line."""
+
+
+def compiler() -> str | None:
+    return shutil.which("gcc") or shutil.which("cc")
+
+
+def source_digest() -> str:
+    """A short hash of the helper source and the flags it is built with."""
+    try:
+        st = SOURCE.stat()
+    except OSError as exc:
+        raise HelperUnavailableError(f"sprite helper source missing: {SOURCE}") from exc
+    key = (str(SOURCE), st.st_mtime_ns, st.st_size)
+    digest = _digest_cache.get(key)
+    if digest is None:
+        hasher = hashlib.sha256(SOURCE.read_bytes())
+        hasher.update(" ".join(CFLAGS).encode())
+        digest = hasher.hexdigest()[:16]
+        _digest_cache.clear()
+        _digest_cache[key] = digest
+    return digest
+
+
+def helper_path(state_dir: pathlib.Path) -> pathlib.Path:
+    return state_dir / "bin" / f"sprite-helper-{source_digest()}"
+
+
+def _usable(path: pathlib.Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        raise HelperUnavailableError(f"refusing to run {path}: not a regular file of ours")
+    return bool(st.st_mode & stat.S_IXUSR)
+
+
+def is_built(state_dir: pathlib.Path) -> bool:
+    try:
+        return _usable(helper_path(state_dir))
+    except HelperUnavailableError:
+        return False
+
+
+def ensure(state_dir: pathlib.Path) -> pathlib.Path:
+    """The helper binary for this source, building it if needed.
+
+    Concurrent first uses (threads or processes) each build into a private
+    temporary file and rename it into place, so every caller sees either no
+    helper or a complete one.
+    """
+    path = helper_path(state_dir)
+    if _usable(path):
+        return path
+    with _lock:
+        if _usable(path):
+            return path
+        gcc = compiler()
+        if gcc is None:
+            raise HelperUnavailableError(
+                f"the built-in runtime builds a small C helper and needs a compiler: {INSTALL_HINT}"
+            )
+        bin_dir = path.parent
+        try:
+            records.make_private_dir(bin_dir)
+        except (OSError, records.UnsafePathError) as exc:
+            raise HelperUnavailableError(f"cannot create {bin_dir}: {exc}") from exc
+        tmp = bin_dir / f".build-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            proc = subprocess.run(
+                [gcc, *CFLAGS, "-o", str(tmp), str(SOURCE)],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=BUILD_TIMEOUT,
+                check=False,
+            )
+            if proc.returncode != 0:
+                detail = (proc.stderr.strip().splitlines() or ["no output"])[0]
+                raise HelperUnavailableError(f"cannot build the sprite helper: {detail}")
+            os.chmod(tmp, 0o700)
+            os.replace(tmp, path)
+        except subprocess.TimeoutExpired as exc:
+            raise HelperUnavailableError("building the sprite helper timed out") from exc
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+    return path

@@ -1,0 +1,1183 @@
+/*
+ * sprite-helper: the per-sprite supervisor and namespace init of the built-in
+ * runtime.
+ *
+ *   sprite-helper start [options] -- COMMAND [ARG...]
+ *   sprite-helper exec --pid PID --start TICKS [options] -- COMMAND [ARG...]
+ *   sprite-helper --version
+ *
+ * start: the launched process prepares the console (a pty, a ring file of
+ * recent output, a unix socket), forks the supervisor and exits. The
+ * supervisor clones the init into new PID, mount, UTS, IPC and network
+ * namespaces. The init joins the sprite's cgroups, mounts a fresh /proc, sets
+ * the hostname, brings loopback up and runs COMMAND on the console as a
+ * session leader; it reaps every process of the sprite, turns SIGTERM into
+ * SIGTERM for everyone plus a console hangup, and exits as soon as its
+ * children are gone. The supervisor holds the pty master, copies console
+ * output into the ring and to attached clients, feeds client input to the
+ * console, and records how the sprite ended.
+ *
+ * Progress reaches the caller as lines on --ready-fd: "pids <supervisor>
+ * <init>", then "ok" or "err <reason>". --lock-fd is the caller's locked
+ * record directory: it stays locked until the sprite is recorded.
+ *
+ * Records, all in the sprite's directory: "console" (ring: "SPRC", u32 size,
+ * u64 bytes written, then the data), "log" (one line per event), "pids"
+ * (key=value) and "exit" (key=value, written once by whoever sees the end
+ * first: the init knows the command's status, the supervisor the init's).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef TIOCGPTPEER
+#define TIOCGPTPEER _IO('T', 0x41)
+#endif
+
+#define HELPER_VERSION "1"
+#define RING_SIZE 65536u
+#define RING_HEADER 16u
+#define MAX_CLIENTS 8
+#define MAX_CGROUPS 8
+
+struct ring_header {
+    char magic[4];
+    uint32_t size;
+    uint64_t total;
+};
+
+static const char *g_name, *g_id, *g_socket, *g_oom_file, *g_limit_text, *g_workdir;
+static const char *g_user;
+static const char *g_cgroups[MAX_CGROUPS];
+static int g_ncgroups;
+static int g_userns;
+static char **g_argv;
+
+static int g_lock_fd = -1, g_ready = -1, g_dirfd = -1, g_log = -1;
+static int g_master = -1, g_slave = -1, g_listen = -1, g_sigfd = -1;
+static int g_cgroup_fds[MAX_CGROUPS];
+static struct ring_header *g_ring;
+static char *g_ring_data;
+static char g_pts[64];
+
+static int g_clients[MAX_CLIENTS];
+static int g_nclients;
+static int g_master_open = 1;
+
+/* ---------------------------------------------------------------- utilities */
+
+static void write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t w = write(fd, buf, len);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return;
+        }
+        buf += w;
+        len -= (size_t)w;
+    }
+}
+
+static void log_line(const char *fmt, ...)
+{
+    char buf[1024];
+    struct timespec ts;
+    struct tm tm;
+    va_list ap;
+    int n, m;
+
+    if (g_log < 0)
+        return;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    n = (int)strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+    n += snprintf(buf + n, sizeof buf - (size_t)n, ".%03ldZ ", ts.tv_nsec / 1000000);
+    va_start(ap, fmt);
+    m = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    if (m < 0)
+        return;
+    n += m;
+    if (n > (int)sizeof buf - 2)
+        n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    write_all(g_log, buf, (size_t)n);
+}
+
+static void ready_msg(const char *fmt, ...)
+{
+    char buf[600];
+    va_list ap;
+    int n;
+
+    if (g_ready < 0)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if (n >= (int)sizeof buf)
+        n = (int)sizeof buf - 1;
+    write_all(g_ready, buf, (size_t)n);
+}
+
+static const char *reason_for(int err)
+{
+    if (err == EPERM || err == EACCES || err == EROFS)
+        return "permission denied";
+    return strerror(err);
+}
+
+/* Report a failed start to the caller and stop. */
+static void __attribute__((noreturn)) fail(const char *fmt, ...)
+{
+    char reason[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+    for (char *p = reason; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    ready_msg("err %s\n", reason);
+    log_line("start failed: %s", reason);
+    _exit(1);
+}
+
+static int valid_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 63)
+        return 0;
+    if (!((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= '0' && s[0] <= '9')))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Process start time in clock ticks since boot (field 22 of /proc/<pid>/stat). */
+static unsigned long long proc_start(pid_t pid)
+{
+    char path[64], buf[1024];
+    ssize_t n;
+    int fd;
+    char *p;
+
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    p = strrchr(buf, ')');
+    if (!p)
+        return 0;
+    p++;
+    /* p now points before field 3; field 22 is 20 fields further. */
+    for (int field = 3; field < 22; field++) {
+        p = strchr(p + 1, ' ');
+        if (!p)
+            return 0;
+    }
+    return strtoull(p + 1, NULL, 10);
+}
+
+/* Write a record file atomically; with noreplace an existing one wins. */
+static int write_record(const char *name, const char *tmpname, const char *content, int noreplace)
+{
+    int fd = openat(g_dirfd, tmpname, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    write_all(fd, content, strlen(content));
+    close(fd);
+    if (renameat2(g_dirfd, tmpname, g_dirfd, name, noreplace ? RENAME_NOREPLACE : 0) < 0) {
+        int err = errno;
+        unlinkat(g_dirfd, tmpname, 0);
+        errno = err;
+        return -1;
+    }
+    return 0;
+}
+
+static long read_oom_kills(void)
+{
+    char buf[1024];
+    ssize_t n;
+    int fd;
+    char *p;
+
+    if (!g_oom_file)
+        return 0;
+    fd = open(g_oom_file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    for (p = buf; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+        if (strncmp(p, "oom_kill ", 9) == 0)
+            return atol(p + 9);
+    }
+    return 0;
+}
+
+/* A unix socket path may be longer than sun_path: go through the directory fd. */
+static int socket_address(const char *path, struct sockaddr_un *addr, int *dirfd_out)
+{
+    memset(addr, 0, sizeof *addr);
+    addr->sun_family = AF_UNIX;
+    *dirfd_out = -1;
+    if (strlen(path) < sizeof addr->sun_path) {
+        strcpy(addr->sun_path, path);
+        return 0;
+    }
+    const char *slash = strrchr(path, '/');
+    if (!slash || strlen(slash + 1) > 64)
+        return -1;
+    char dir[PATH_MAX];
+    size_t dlen = (size_t)(slash - path);
+    if (dlen == 0 || dlen >= sizeof dir)
+        return -1;
+    memcpy(dir, path, dlen);
+    dir[dlen] = '\0';
+    int dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -1;
+    snprintf(addr->sun_path, sizeof addr->sun_path, "/proc/self/fd/%d/%s", dfd, slash + 1);
+    *dirfd_out = dfd;
+    return 0;
+}
+
+static void unlink_socket(void)
+{
+    struct sockaddr_un addr;
+    int dfd;
+
+    if (!g_socket || socket_address(g_socket, &addr, &dfd) < 0)
+        return;
+    unlink(addr.sun_path);
+    if (dfd >= 0)
+        close(dfd);
+}
+
+/* ------------------------------------------------------------------ console */
+
+static void ring_append(const char *buf, size_t n)
+{
+    uint64_t total = g_ring->total;
+    size_t pos, first;
+
+    if (n > RING_SIZE) {
+        total += n - RING_SIZE;
+        buf += n - RING_SIZE;
+        n = RING_SIZE;
+    }
+    pos = (size_t)(total % RING_SIZE);
+    first = RING_SIZE - pos < n ? RING_SIZE - pos : n;
+    memcpy(g_ring_data + pos, buf, first);
+    memcpy(g_ring_data, buf + first, n - first);
+    __atomic_store_n(&g_ring->total, total + n, __ATOMIC_RELEASE);
+}
+
+static void drop_client(int i, const char *why)
+{
+    log_line("console client detached%s%s", why ? ": " : "", why ? why : "");
+    close(g_clients[i]);
+    g_clients[i] = g_clients[--g_nclients];
+}
+
+static int send_all_now(int fd, const char *buf, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        buf += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void broadcast(const char *buf, size_t n)
+{
+    for (int i = 0; i < g_nclients;) {
+        if (send_all_now(g_clients[i], buf, n) < 0) {
+            drop_client(i, errno == EAGAIN ? "too slow" : "gone");
+            continue;
+        }
+        i++;
+    }
+}
+
+/* Read what the console has; all of it when draining at the end. */
+static void pump_master(int drain)
+{
+    char buf[8192];
+
+    for (int rounds = 0; g_master_open && (drain || rounds < 16); rounds++) {
+        ssize_t r = read(g_master, buf, sizeof buf);
+        if (r > 0) {
+            ring_append(buf, (size_t)r);
+            broadcast(buf, (size_t)r);
+            continue;
+        }
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && errno == EAGAIN)
+            return;
+        g_master_open = 0; /* EIO: nobody holds the console any more */
+    }
+}
+
+static void accept_client(void)
+{
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    int c = accept4(g_listen, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+    if (c < 0)
+        return;
+    if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+        (cred.uid != 0 && cred.uid != getuid()) || g_nclients >= MAX_CLIENTS) {
+        close(c);
+        return;
+    }
+    /* Replay recent output so the client sees where the console is. */
+    uint64_t total = __atomic_load_n(&g_ring->total, __ATOMIC_ACQUIRE);
+    size_t have = total < RING_SIZE ? (size_t)total : RING_SIZE;
+    size_t start = (size_t)((total - have) % RING_SIZE);
+    size_t first = RING_SIZE - start < have ? RING_SIZE - start : have;
+    if (send_all_now(c, g_ring_data + start, first) < 0 ||
+        send_all_now(c, g_ring_data, have - first) < 0) {
+        close(c);
+        return;
+    }
+    g_clients[g_nclients++] = c;
+    log_line("console client attached (pid %d)", (int)cred.pid);
+}
+
+static void client_input(int i)
+{
+    char buf[4096];
+    ssize_t r = read(g_clients[i], buf, sizeof buf);
+
+    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+        drop_client(i, NULL);
+        return;
+    }
+    if (r < 0 || !g_master_open)
+        return;
+    const char *p = buf;
+    size_t n = (size_t)r;
+    while (n > 0) {
+        ssize_t w = write(g_master, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            break; /* console input full: drop the rest, like a busy serial line */
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+/* --------------------------------------------------------------------- init */
+
+static void init_report(int fd, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if (n >= (int)sizeof buf)
+        n = (int)sizeof buf - 1;
+    write_all(fd, buf, (size_t)n);
+}
+
+static void loopback_up(void)
+{
+    struct ifreq ifr;
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+    if (s < 0)
+        return;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+        ifr.ifr_flags |= IFF_UP;
+        ioctl(s, SIOCSIFFLAGS, &ifr);
+    }
+    close(s);
+}
+
+static int parse_user(const char *spec, uid_t *uid, gid_t *gid)
+{
+    char *end;
+    unsigned long u = strtoul(spec, &end, 10);
+    if (end == spec || *end != ':')
+        return -1;
+    const char *g = end + 1;
+    unsigned long gv = strtoul(g, &end, 10);
+    if (end == g || *end != '\0')
+        return -1;
+    *uid = (uid_t)u;
+    *gid = (gid_t)gv;
+    return 0;
+}
+
+static void __attribute__((noreturn)) command_child(int exec_w)
+{
+    sigset_t none;
+
+    setsid();
+    ioctl(g_slave, TIOCSCTTY, 0);
+    dup2(g_slave, 0);
+    dup2(g_slave, 1);
+    dup2(g_slave, 2);
+    if (g_slave > 2)
+        close(g_slave);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    if (chdir(g_workdir ? g_workdir : "/") < 0) {
+        init_report(exec_w, "cannot enter workdir %s: %s", g_workdir, strerror(errno));
+        _exit(127);
+    }
+    if (g_user) {
+        uid_t uid;
+        gid_t gid;
+        if (parse_user(g_user, &uid, &gid) < 0 || setgroups(0, NULL) < 0 || setgid(gid) < 0 ||
+            setuid(uid) < 0) {
+            init_report(exec_w, "cannot switch to user %s: %s", g_user, reason_for(errno));
+            _exit(127);
+        }
+    }
+    execvp(g_argv[0], g_argv);
+    init_report(exec_w, "cannot run %s: %s", g_argv[0], strerror(errno));
+    _exit(127);
+}
+
+static void __attribute__((noreturn)) run_init(int sync_w, int go_r)
+{
+    sigset_t set;
+    int exec_pipe[2];
+    pid_t main_pid;
+    char buf[512];
+    ssize_t n;
+    int main_status = 0, main_done = 0, terminating = 0, no_children = 0;
+
+    /* The init holds only what it needs: the console slave, the record
+     * directory and the pipe to the supervisor. */
+    close(g_master);
+    close(g_listen);
+    close(g_sigfd);
+    close(g_lock_fd);
+    close(g_ready);
+    g_ready = -1;
+    close(g_log);
+    g_log = -1;
+    munmap(g_ring, RING_HEADER + RING_SIZE);
+
+    if (go_r >= 0) {
+        char c;
+        if (read(go_r, &c, 1) != 1)
+            _exit(1);
+        close(go_r);
+    }
+    for (int i = 0; i < g_ncgroups; i++) {
+        if (write(g_cgroup_fds[i], "0", 1) != 1) {
+            init_report(sync_w, "err cannot join cgroup %s: %s", g_cgroups[i], reason_for(errno));
+            _exit(1);
+        }
+        close(g_cgroup_fds[i]);
+    }
+    if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) {
+        init_report(sync_w, "err cannot make / a slave mount: %s", reason_for(errno));
+        _exit(1);
+    }
+    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
+        init_report(sync_w, "err cannot mount /proc: %s", reason_for(errno));
+        _exit(1);
+    }
+    if (sethostname(g_name, strlen(g_name)) < 0) {
+        init_report(sync_w, "err cannot set the hostname: %s", reason_for(errno));
+        _exit(1);
+    }
+    loopback_up();
+
+    if (pipe2(exec_pipe, O_CLOEXEC) < 0) {
+        init_report(sync_w, "err pipe: %s", strerror(errno));
+        _exit(1);
+    }
+    main_pid = fork();
+    if (main_pid < 0) {
+        init_report(sync_w, "err fork: %s", strerror(errno));
+        _exit(1);
+    }
+    if (main_pid == 0) {
+        close(exec_pipe[0]);
+        close(sync_w);
+        command_child(exec_pipe[1]);
+    }
+    close(exec_pipe[1]);
+    close(g_slave);
+    do {
+        n = read(exec_pipe[0], buf, sizeof buf - 1);
+    } while (n < 0 && errno == EINTR);
+    close(exec_pipe[0]);
+    if (n > 0) {
+        buf[n] = '\0';
+        init_report(sync_w, "err %s", buf);
+        waitpid(main_pid, NULL, 0);
+        _exit(127);
+    }
+    init_report(sync_w, "ok");
+    close(sync_w);
+
+    /* The signals stay blocked (inherited from the supervisor): a namespace
+     * init ignores unhandled signals, but blocked ones wait for sigwaitinfo. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGQUIT);
+    for (;;) {
+        siginfo_t si;
+        int sig = sigwaitinfo(&set, &si);
+        if (sig < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (sig != SIGCHLD && !terminating) {
+            terminating = 1;
+            kill(-1, SIGTERM);
+            /* Interactive shells ignore SIGTERM; a console hangup ends them. */
+            if (!main_done)
+                kill(-main_pid, SIGHUP);
+            kill(-1, SIGCONT);
+        }
+        for (;;) {
+            int st;
+            pid_t p = waitpid(-1, &st, WNOHANG);
+            if (p > 0) {
+                if (p == main_pid) {
+                    main_status = st;
+                    main_done = 1;
+                }
+                continue;
+            }
+            no_children = p < 0 && errno == ECHILD;
+            break;
+        }
+        if (main_done && (!terminating || no_children))
+            break;
+        if (terminating && no_children)
+            break;
+    }
+
+    if (WIFSIGNALED(main_status))
+        snprintf(buf, sizeof buf, "signal=%d\n", WTERMSIG(main_status));
+    else
+        snprintf(buf, sizeof buf, "code=%d\n", WEXITSTATUS(main_status));
+    write_record("exit", ".exit-init", buf, 1);
+    if (WIFSIGNALED(main_status))
+        _exit(128 + WTERMSIG(main_status));
+    _exit(WEXITSTATUS(main_status));
+}
+
+/* --------------------------------------------------------------- supervisor */
+
+static void write_maps(pid_t pid)
+{
+    char path[64], line[64];
+    int fd;
+
+    snprintf(path, sizeof path, "/proc/%d/setgroups", (int)pid);
+    fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        write_all(fd, "deny", 4);
+        close(fd);
+    }
+    snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
+    snprintf(line, sizeof line, "0 %d 1\n", (int)getuid());
+    fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, line, strlen(line)) < 0)
+        fail("cannot map the sprite's user: %s", reason_for(errno));
+    close(fd);
+    snprintf(path, sizeof path, "/proc/%d/gid_map", (int)pid);
+    snprintf(line, sizeof line, "0 %d 1\n", (int)getgid());
+    fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, line, strlen(line)) < 0)
+        fail("cannot map the sprite's group: %s", reason_for(errno));
+    close(fd);
+}
+
+static void describe_end(pid_t init_pid, int init_status)
+{
+    char buf[128];
+    ssize_t n = -1;
+    int fd = openat(g_dirfd, "exit", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+
+    if (fd >= 0) {
+        n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+    }
+    if (n > 0) {
+        buf[n] = '\0';
+        if (strncmp(buf, "code=", 5) == 0)
+            log_line("command exited with code %d", atoi(buf + 5));
+        else if (strncmp(buf, "signal=", 7) == 0)
+            log_line("command was killed by signal %d (%s)", atoi(buf + 7),
+                     strsignal(atoi(buf + 7)));
+    } else {
+        if (WIFSIGNALED(init_status))
+            snprintf(buf, sizeof buf, "init_signal=%d\n", WTERMSIG(init_status));
+        else
+            snprintf(buf, sizeof buf, "init_code=%d\n", WEXITSTATUS(init_status));
+        write_record("exit", ".exit-supervisor", buf, 1);
+        if (WIFSIGNALED(init_status))
+            log_line("init (pid %d) was killed by signal %d (%s)", (int)init_pid,
+                     WTERMSIG(init_status), strsignal(WTERMSIG(init_status)));
+        else
+            log_line("init (pid %d) exited with code %d", (int)init_pid, WEXITSTATUS(init_status));
+    }
+    if (read_oom_kills() > 0)
+        log_line("killed by the kernel: out of memory (limit %s)",
+                 g_limit_text ? g_limit_text : "unknown");
+}
+
+static void __attribute__((noreturn)) supervise(void)
+{
+    sigset_t set;
+    int sync_pipe[2], go_pipe[2] = {-1, -1};
+    unsigned long flags;
+    pid_t init_pid;
+    char msg[600];
+    size_t got = 0;
+    int init_status = 0;
+
+    setsid();
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGQUIT);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    g_sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (g_sigfd < 0)
+        fail("signalfd: %s", strerror(errno));
+    if (pipe2(sync_pipe, O_CLOEXEC) < 0 || (g_userns && pipe2(go_pipe, O_CLOEXEC) < 0))
+        fail("pipe: %s", strerror(errno));
+
+    flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET;
+    if (g_userns)
+        flags |= CLONE_NEWUSER;
+    /* fork-like clone: no new stack, so the child runs on a copy of ours. */
+    init_pid = (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, 0UL);
+    if (init_pid < 0)
+        fail("cannot create the sprite's namespaces: %s", reason_for(errno));
+    if (init_pid == 0) {
+        close(sync_pipe[0]);
+        if (go_pipe[1] >= 0)
+            close(go_pipe[1]);
+        run_init(sync_pipe[1], go_pipe[0]);
+    }
+    close(sync_pipe[1]);
+    close(g_slave);
+    for (int i = 0; i < g_ncgroups; i++)
+        close(g_cgroup_fds[i]);
+    ready_msg("pids %d %d\n", (int)getpid(), (int)init_pid);
+    if (g_userns) {
+        close(go_pipe[0]);
+        write_maps(init_pid);
+        write_all(go_pipe[1], "g", 1);
+        close(go_pipe[1]);
+    }
+
+    for (;;) {
+        ssize_t r = read(sync_pipe[0], msg + got, sizeof msg - 1 - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+        if (got >= sizeof msg - 1)
+            break;
+    }
+    msg[got] = '\0';
+    close(sync_pipe[0]);
+    if (strcmp(msg, "ok") != 0) {
+        waitpid(init_pid, NULL, 0);
+        unlink_socket();
+        if (strncmp(msg, "err ", 4) == 0)
+            fail("%s", msg + 4);
+        fail("the sprite's init ended during setup");
+    }
+
+    {
+        char rec[512];
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        snprintf(rec, sizeof rec,
+                 "supervisor_pid=%d\nsupervisor_start=%llu\ninit_pid=%d\ninit_start=%llu\n"
+                 "started_at=%lld.%06ld\npts=%s\nuserns=%d\n",
+                 (int)getpid(), proc_start(getpid()), (int)init_pid, proc_start(init_pid),
+                 (long long)ts.tv_sec, ts.tv_nsec / 1000, g_pts, g_userns);
+        if (write_record("pids", ".pids", rec, 0) < 0) {
+            kill(init_pid, SIGKILL);
+            waitpid(init_pid, NULL, 0);
+            unlink_socket();
+            fail("cannot record the sprite: %s", strerror(errno));
+        }
+    }
+    {
+        char cmd[256];
+        size_t used = 0;
+        for (char **a = g_argv; *a && used < sizeof cmd - 1; a++) {
+            int w = snprintf(cmd + used, sizeof cmd - used, "%s%s", used ? " " : "", *a);
+            if (w < 0)
+                break;
+            used += (size_t)w;
+        }
+        if (used >= sizeof cmd)
+            used = sizeof cmd - 1;
+        cmd[used] = '\0';
+        for (char *p = cmd; *p; p++)
+            if (*p == '\n' || *p == '\r')
+                *p = ' ';
+        log_line("started sprite %s (id %s): init pid %d, supervisor pid %d, console %s, command: %s",
+                 g_name, g_id, (int)init_pid, (int)getpid(), g_pts, cmd);
+    }
+    /* Recorded: release the caller's lock on the record directory. */
+    flock(g_lock_fd, LOCK_UN);
+    close(g_lock_fd);
+    ready_msg("ok\n");
+    close(g_ready);
+    g_ready = -1;
+
+    for (;;) {
+        struct pollfd pfd[3 + MAX_CLIENTS];
+        int client_fds[MAX_CLIENTS];
+        int n = 0, mi = -1, li, ci, nc = g_nclients, init_done = 0;
+
+        pfd[n].fd = g_sigfd;
+        pfd[n++].events = POLLIN;
+        if (g_master_open) {
+            mi = n;
+            pfd[n].fd = g_master;
+            pfd[n++].events = POLLIN;
+        }
+        li = n;
+        pfd[n].fd = g_listen;
+        pfd[n++].events = POLLIN;
+        ci = n;
+        for (int i = 0; i < nc; i++) {
+            client_fds[i] = g_clients[i];
+            pfd[n].fd = g_clients[i];
+            pfd[n++].events = POLLIN;
+        }
+        if (poll(pfd, (nfds_t)n, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (mi >= 0 && pfd[mi].revents)
+            pump_master(0);
+        for (int i = 0; i < nc; i++) {
+            if (!pfd[ci + i].revents)
+                continue;
+            for (int j = 0; j < g_nclients; j++) {
+                if (g_clients[j] == client_fds[i]) {
+                    client_input(j);
+                    break;
+                }
+            }
+        }
+        if (pfd[li].revents & POLLIN)
+            accept_client();
+        if (pfd[0].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            while (read(g_sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
+                if (si.ssi_signo == SIGCHLD) {
+                    int st;
+                    pid_t p;
+                    while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+                        if (p == init_pid) {
+                            init_status = st;
+                            init_done = 1;
+                        }
+                    }
+                } else {
+                    log_line("supervisor received signal %u: stopping the sprite", si.ssi_signo);
+                    kill(init_pid, SIGTERM);
+                }
+            }
+        }
+        if (init_done)
+            break;
+    }
+
+    pump_master(1);
+    describe_end(init_pid, init_status);
+    log_line("sprite %s ended", g_name);
+    while (g_nclients > 0)
+        drop_client(g_nclients - 1, "sprite ended");
+    close(g_listen);
+    unlink_socket();
+    _exit(0);
+}
+
+/* -------------------------------------------------------------------- start */
+
+static void prepare_console(void)
+{
+    int fd;
+    void *map;
+    struct winsize ws = {24, 80, 0, 0};
+    struct sockaddr_un addr;
+    int sdfd;
+    mode_t old;
+
+    fd = openat(g_dirfd, "console", O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        fail("cannot create the console record: %s", strerror(errno));
+    if (ftruncate(fd, RING_HEADER + RING_SIZE) < 0)
+        fail("cannot size the console record: %s", strerror(errno));
+    map = mmap(NULL, RING_HEADER + RING_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED)
+        fail("cannot map the console record: %s", strerror(errno));
+    g_ring = map;
+    g_ring_data = (char *)map + RING_HEADER;
+    memcpy(g_ring->magic, "SPRC", 4);
+    g_ring->size = RING_SIZE;
+    g_ring->total = 0;
+
+    g_master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (g_master < 0 || grantpt(g_master) < 0 || unlockpt(g_master) < 0 ||
+        ptsname_r(g_master, g_pts, sizeof g_pts) != 0)
+        fail("cannot open a console pty: %s", strerror(errno));
+    ioctl(g_master, TIOCSWINSZ, &ws);
+    g_slave = ioctl(g_master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (g_slave < 0)
+        g_slave = open(g_pts, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (g_slave < 0)
+        fail("cannot open the console pty: %s", strerror(errno));
+    fcntl(g_master, F_SETFL, fcntl(g_master, F_GETFL) | O_NONBLOCK);
+
+    g_listen = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (g_listen < 0)
+        fail("socket: %s", strerror(errno));
+    if (socket_address(g_socket, &addr, &sdfd) < 0)
+        fail("cannot use console socket path %s", g_socket);
+    old = umask(0177);
+    if (bind(g_listen, (struct sockaddr *)&addr, sizeof addr) < 0) {
+        int err = errno;
+        umask(old);
+        fail("cannot bind console socket %s: %s", g_socket, strerror(err));
+    }
+    umask(old);
+    if (sdfd >= 0)
+        close(sdfd);
+    if (listen(g_listen, 16) < 0)
+        fail("listen: %s", strerror(errno));
+}
+
+static int parse_fd(const char *s)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || v < 0 || v > INT_MAX)
+        return -1;
+    return (int)v;
+}
+
+static int cmd_start(int argc, char **argv)
+{
+    static char *default_argv[] = {"/bin/sh", NULL};
+    int i;
+
+    for (i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "sprite-helper: %s needs a value\n", a);
+            return 2;
+        }
+        const char *v = argv[++i];
+        if (strcmp(a, "--name") == 0)
+            g_name = v;
+        else if (strcmp(a, "--id") == 0)
+            g_id = v;
+        else if (strcmp(a, "--socket") == 0)
+            g_socket = v;
+        else if (strcmp(a, "--lock-fd") == 0)
+            g_lock_fd = parse_fd(v);
+        else if (strcmp(a, "--ready-fd") == 0)
+            g_ready = parse_fd(v);
+        else if (strcmp(a, "--cgroup") == 0 && g_ncgroups < MAX_CGROUPS)
+            g_cgroups[g_ncgroups++] = v;
+        else if (strcmp(a, "--oom-file") == 0)
+            g_oom_file = v;
+        else if (strcmp(a, "--limit-text") == 0)
+            g_limit_text = v;
+        else if (strcmp(a, "--workdir") == 0)
+            g_workdir = v;
+        else if (strcmp(a, "--user") == 0)
+            g_user = v;
+        else if (strcmp(a, "--userns") == 0)
+            g_userns = strcmp(v, "1") == 0;
+        else {
+            fprintf(stderr, "sprite-helper: unknown option %s\n", a);
+            return 2;
+        }
+    }
+    g_argv = i < argc ? argv + i : default_argv;
+    if (g_ready >= 0)
+        fcntl(g_ready, F_SETFD, FD_CLOEXEC);
+    if (!g_name || !valid_name(g_name) || !g_id || !g_socket || g_lock_fd < 0)
+        fail("sprite-helper start: missing or invalid --name, --id, --socket or --lock-fd");
+    fcntl(g_lock_fd, F_SETFD, FD_CLOEXEC);
+    /* Records go through a descriptor of our own: the lock stays on the caller's. */
+    g_dirfd = openat(g_lock_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (g_dirfd < 0)
+        fail("cannot open the sprite's record directory: %s", strerror(errno));
+    umask(077);
+    g_log = openat(g_dirfd, "log", O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    for (int c = 0; c < g_ncgroups; c++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/cgroup.procs", g_cgroups[c]);
+        g_cgroup_fds[c] = open(path, O_WRONLY | O_CLOEXEC);
+        if (g_cgroup_fds[c] < 0)
+            fail("cannot open cgroup %s: %s", g_cgroups[c], reason_for(errno));
+    }
+    prepare_console();
+
+    pid_t sup = fork();
+    if (sup < 0)
+        fail("fork: %s", strerror(errno));
+    if (sup == 0)
+        supervise();
+    _exit(0);
+}
+
+/* --------------------------------------------------------------------- exec */
+
+static int g_error_fd = -1;
+
+/* A setup failure of exec: one line on the error fd (else stderr), status 125. */
+static int exec_fail(const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return 125;
+    if (n > (int)sizeof buf - 2)
+        n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    write_all(g_error_fd >= 0 ? g_error_fd : 2, buf, (size_t)n);
+    return 125;
+}
+
+static int cmd_exec(int argc, char **argv)
+{
+    pid_t pid = 0;
+    unsigned long long start = 0;
+    int i, pidfd, flags;
+    char path[PATH_MAX];
+    static char env_buf[1 << 20];
+    char *envp[4096];
+    int nenv = 0;
+
+    for (i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "sprite-helper: %s needs a value\n", a);
+            return 2;
+        }
+        const char *v = argv[++i];
+        if (strcmp(a, "--pid") == 0)
+            pid = (pid_t)atoi(v);
+        else if (strcmp(a, "--start") == 0)
+            start = strtoull(v, NULL, 10);
+        else if (strcmp(a, "--cgroup") == 0 && g_ncgroups < MAX_CGROUPS)
+            g_cgroups[g_ncgroups++] = v;
+        else if (strcmp(a, "--workdir") == 0)
+            g_workdir = v;
+        else if (strcmp(a, "--user") == 0)
+            g_user = v;
+        else if (strcmp(a, "--userns") == 0)
+            g_userns = strcmp(v, "1") == 0;
+        else if (strcmp(a, "--name") == 0)
+            g_name = v;
+        else if (strcmp(a, "--error-fd") == 0) {
+            g_error_fd = parse_fd(v);
+            if (g_error_fd >= 0)
+                fcntl(g_error_fd, F_SETFD, FD_CLOEXEC);
+        } else {
+            fprintf(stderr, "sprite-helper: unknown option %s\n", a);
+            return 2;
+        }
+    }
+    if (i >= argc || pid <= 0)
+        return exec_fail("sprite-helper exec needs --pid and a command");
+    pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0 || proc_start(pid) != start)
+        return exec_fail("sprite '%s' is not running", g_name ? g_name : "?");
+    snprintf(path, sizeof path, "/proc/%d/environ", (int)pid);
+    int efd = open(path, O_RDONLY | O_CLOEXEC);
+    if (efd >= 0) {
+        size_t got = 0;
+        ssize_t r;
+        while (got < sizeof env_buf - 1 &&
+               (r = read(efd, env_buf + got, sizeof env_buf - 1 - got)) > 0)
+            got += (size_t)r;
+        close(efd);
+        env_buf[got] = '\0';
+        for (size_t off = 0; off < got && nenv < 4095;) {
+            size_t len = strlen(env_buf + off);
+            if (len > 0)
+                envp[nenv++] = env_buf + off;
+            off += len + 1;
+        }
+    }
+    envp[nenv] = NULL;
+    for (int c = 0; c < g_ncgroups; c++) {
+        snprintf(path, sizeof path, "%s/cgroup.procs", g_cgroups[c]);
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, "0", 1) != 1)
+            return exec_fail("cannot join cgroup %s: %s", g_cgroups[c], reason_for(errno));
+        close(fd);
+    }
+    flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET;
+    if (g_userns)
+        flags |= CLONE_NEWUSER;
+    if (setns(pidfd, flags) < 0) {
+        if (errno == ESRCH)
+            return exec_fail("sprite '%s' is not running", g_name ? g_name : "?");
+        return exec_fail("cannot enter the sprite: %s", reason_for(errno));
+    }
+    close(pidfd);
+
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGQUIT);
+    sigaddset(&set, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &set, &old);
+    pid_t child = fork();
+    if (child < 0)
+        return exec_fail("fork: %s", strerror(errno));
+    if (child == 0) {
+        /* The command must not outlive an exec that was stopped. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        if (chdir(g_workdir ? g_workdir : "/") < 0)
+            _exit(exec_fail("cannot enter workdir %s: %s", g_workdir, strerror(errno)));
+        if (g_user) {
+            uid_t uid;
+            gid_t gid;
+            if (parse_user(g_user, &uid, &gid) < 0 || setgroups(0, NULL) < 0 ||
+                setgid(gid) < 0 || setuid(uid) < 0)
+                _exit(exec_fail("cannot switch to user %s: %s", g_user, reason_for(errno)));
+        }
+        execvpe(argv[i], argv + i, envp);
+        _exit(exec_fail("cannot run %s: %s", argv[i], strerror(errno)));
+    }
+    for (;;) {
+        siginfo_t si;
+        int sig = sigwaitinfo(&set, &si);
+        if (sig < 0)
+            continue;
+        if (sig != SIGCHLD) {
+            kill(child, sig);
+            continue;
+        }
+        int st;
+        pid_t p = waitpid(child, &st, WNOHANG);
+        if (p == child) {
+            if (WIFSIGNALED(st))
+                return 128 + WTERMSIG(st);
+            return WEXITSTATUS(st);
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "--version") == 0) {
+        printf("sprite-helper %s\n", HELPER_VERSION);
+        return 0;
+    }
+    if (argc >= 2 && strcmp(argv[1], "start") == 0)
+        return cmd_start(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "exec") == 0)
+        return cmd_exec(argc, argv);
+    fprintf(stderr, "usage: sprite-helper start|exec [options] -- COMMAND...\n");
+    return 2;
+}
