@@ -94,11 +94,14 @@ def parse_manifest(
             _offset_position(shown, text, offset), "binary data (NUL byte) in manifest"
         )
     try:
+        anchors = _anchor_marks(text) if "&" in text or "*" in text else frozenset()
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
         position = Position(shown, mark.line + 1, mark.column + 1) if mark else Position(shown)
+        if mark is not None and _char_at(text, mark.line, mark.column) == "\t":
+            problem = "found a tab; indent YAML with spaces, not tabs"
         raise ManifestError(position, f"invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise ManifestError(Position(shown), f"invalid YAML: {exc}") from None
@@ -106,7 +109,7 @@ def parse_manifest(
         raise ManifestError(
             Position(shown, 1, 1), "the manifest is empty; expected version, project and sprites"
         )
-    data = _Walker(shown).build(root)
+    data = _Walker(shown, anchors).build(root)
     if not isinstance(data, dict):
         raise ManifestError(
             _node_position(shown, root),
@@ -150,20 +153,49 @@ def _kind(node: yaml.Node) -> str:
     return "scalar"
 
 
-class _Walker:
-    """Nodes to plain data, refusing aliases, merge keys, odd tags and duplicate keys."""
+_ANCHOR_MESSAGE = "YAML anchors and aliases are not allowed in a manifest"
 
-    def __init__(self, shown: str) -> None:
+
+def _anchor_marks(text: str) -> frozenset[tuple[int, int]]:
+    """Where anchors and aliases are (0-based line, column). Nodes keep no
+    anchor, so the events are read once more, only when the text could hold one."""
+    marks = set()
+    for event in yaml.parse(text, Loader=_Loader):
+        mark = event.start_mark
+        if mark is not None and (
+            isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None
+        ):
+            marks.add((mark.line, mark.column))
+    return frozenset(marks)
+
+
+def _char_at(text: str, line: int, column: int) -> str:
+    lines = text.split("\n")
+    if line < len(lines) and column < len(lines[line]):
+        return lines[line][column]
+    return ""
+
+
+class _Walker:
+    """Nodes to plain data, refusing anchors, aliases, merge keys, odd tags and
+    duplicate keys. Each error names the field it was found in."""
+
+    def __init__(self, shown: str, anchors: frozenset[tuple[int, int]] = frozenset()) -> None:
         self.shown = shown
+        self.anchors = anchors
         self.seen: set[int] = set()
 
-    def fail(self, node: yaml.Node, message: str) -> ManifestError:
-        return ManifestError(_node_position(self.shown, node), message)
+    def fail(self, node: yaml.Node, message: str, path: tuple[str, ...] = ()) -> ManifestError:
+        return ManifestError(
+            _node_position(self.shown, node), message, field=".".join(path) or None
+        )
 
-    def build(self, node: yaml.Node) -> Any:
+    def build(self, node: yaml.Node, path: tuple[str, ...] = ()) -> Any:
         key = id(node)
-        if key in self.seen:
-            raise self.fail(node, "YAML anchors and aliases are not allowed in a manifest")
+        if key in self.seen or (
+            self.anchors and (node.start_mark.line, node.start_mark.column) in self.anchors
+        ):
+            raise self.fail(node, _ANCHOR_MESSAGE, path)
         self.seen.add(key)
         tag = node.tag
         if isinstance(node, yaml.ScalarNode):
@@ -179,28 +211,30 @@ class _Walker:
                 return _constructor.construct_yaml_float(node)
             if tag == _TIMESTAMP:
                 return node.value
-            raise self.fail(node, f"the tag {tag!r} is not allowed in a manifest")
+            raise self.fail(node, f"the tag {tag!r} is not allowed in a manifest", path)
         if isinstance(node, yaml.SequenceNode):
             if tag != _SEQ:
-                raise self.fail(node, f"the tag {tag!r} is not allowed in a manifest")
-            return [self.build(item) for item in node.value]
+                raise self.fail(node, f"the tag {tag!r} is not allowed in a manifest", path)
+            return [self.build(item, (*path, str(i))) for i, item in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):
             if tag != _MAP:
-                raise self.fail(node, f"the tag {tag!r} is not allowed in a manifest")
+                raise self.fail(node, f"the tag {tag!r} is not allowed in a manifest", path)
             result: dict[Any, Any] = {}
             for key_node, value_node in node.value:
                 if key_node.tag == _MERGE:
-                    raise self.fail(key_node, "YAML merge keys (<<) are not allowed in a manifest")
+                    raise self.fail(
+                        key_node, "YAML merge keys (<<) are not allowed in a manifest", path
+                    )
                 if not isinstance(key_node, yaml.ScalarNode):
-                    raise self.fail(key_node, "mapping keys must be plain strings")
-                name = self.build(key_node)
+                    raise self.fail(key_node, "mapping keys must be plain strings", path)
+                name = self.build(key_node, path)
                 if not isinstance(name, str):
                     name = str(key_node.value)
                 if name in result:
-                    raise self.fail(key_node, f"duplicate key {name!r}")
-                result[name] = self.build(value_node)
+                    raise self.fail(key_node, f"duplicate key {name!r}", (*path, name))
+                result[name] = self.build(value_node, (*path, name))
             return result
-        raise self.fail(node, "unsupported YAML node")
+        raise self.fail(node, "unsupported YAML node", path)
 
 
 def _find_node(root: yaml.Node, loc: tuple[Any, ...]) -> yaml.Node:
