@@ -215,10 +215,12 @@ def _locate(documents: list[tuple[Path, str, dict[str, Any]]], key: str | None) 
     """Where ``agent.<key>`` was set: the last file that sets it wins, as in the merge."""
     for path, text, data in reversed(documents):
         agent = data.get("agent")
-        if not isinstance(agent, dict) or (key is not None and key not in agent):
+        if agent is None or (key is not None and (not isinstance(agent, dict) or key not in agent)):
             continue
-        needle = rf'"{re.escape(key)}"\s*:\s*' if key else r'"agent"\s*:\s*'
-        match = re.search(needle, text)
+        # The key inside the agent block, not a same-named key elsewhere in the file.
+        match = re.search(r'"agent"\s*:\s*', text)
+        if match is not None and key is not None:
+            match = re.compile(rf'"{re.escape(key)}"\s*:\s*').search(text, match.end())
         if match is None:
             return Position(str(path))
         offset = match.end()
