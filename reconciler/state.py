@@ -72,6 +72,22 @@ def write_private_file(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def open_lock_file(path: Path, *, create: bool = True) -> int:
+    """A lock file's descriptor, never through a symlink."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        return os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateError(
+                f"refusing to follow a symlink at {path}",
+                hint="Lock files are never opened through links; remove the link.",
+            ) from None
+        if isinstance(exc, FileNotFoundError) and not create:
+            raise
+        raise StateError(f"cannot open lock file {path}: {exc.strerror}") from None
+
+
 def read_private_file(path: Path) -> bytes | None:
     """The file's bytes, None when it does not exist; a symlink is refused."""
     try:
@@ -203,7 +219,7 @@ class StateStore:
         """Hold the project's lock; yields notes (e.g. a recovered stale lock)."""
         self._ensure()
         path = self.lock_path(project)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = open_lock_file(path)
         notes: list[str] = []
         try:
             self._acquire(fd, project, timeout)
@@ -269,7 +285,7 @@ class StateStore:
         """Clear a lock record left behind; refuses while a live local holder runs."""
         path = self.lock_path(project)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = open_lock_file(path, create=False)
         except FileNotFoundError:
             return f"Project '{project}' is not locked."
         try:
@@ -277,9 +293,13 @@ class StateStore:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                if holder is not None and holder.is_local() and holder.is_alive():
+                # No record under a held lock: its holder is taking or releasing
+                # it right now, so it is alive; removing the file would let a
+                # second apply in beside it.
+                if holder is None or (holder.is_local() and holder.is_alive()):
+                    who = holder.describe() if holder else "another sprites process"
                     raise LockError(
-                        f"state of project '{project}' is locked by {holder.describe()}, which is still running",
+                        f"state of project '{project}' is locked by {who}, which is still running",
                         hint="force-unlock only clears locks whose holder is gone.",
                     ) from None
                 # The kernel lock is held by a process that is not the recorded
@@ -298,11 +318,7 @@ class StateStore:
     def host_lock(self, *, timeout: float = 30.0) -> Iterator[None]:
         """Serialises admission of imperative starts against the host-wide maxVMs."""
         self._ensure()
-        fd = os.open(
-            self.state_dir / "host.lock",
-            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-        )
+        fd = open_lock_file(self.state_dir / "host.lock")
         try:
             self._acquire(fd, "host", timeout)
             try:
