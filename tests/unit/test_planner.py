@@ -68,9 +68,7 @@ def test_a_changed_spec_is_a_replace_that_says_what_changed() -> None:
     assert change.reason is Reason.SPEC_CHANGED
     assert change.before == {"memory": 512 * MiB, "cpus": 1}
     assert change.after == {"memory": GiB, "cpus": 1}
-    assert [(f.path, f.before, f.after) for f in change.fields] == [
-        ("memory", 512 * MiB, GiB)
-    ]
+    assert [(f.path, f.before, f.after) for f in change.fields] == [("memory", 512 * MiB, GiB)]
     assert change.observed_state == "running"
     assert plan.counts() == {"start": 0, "replace": 1, "kill": 0}
 
@@ -140,7 +138,9 @@ def test_unowned_sprites_are_never_planned_for() -> None:
 
 def test_destroy_never_kills_unowned_sprites() -> None:
     plan = make_plan(
-        desired(), inventory(seen("theirs"), seen("mine")), records(owned("mine")),
+        desired(),
+        inventory(seen("theirs"), seen("mine")),
+        records(owned("mine")),
         operation="destroy",
     )
     assert actions(plan) == [("kill", "mine")]
@@ -225,9 +225,7 @@ def test_without_adopt_nothing_unowned_is_ever_touched(
             assert change.address not in want_
     assert set(plan.forget) <= set(recs)
     # The plan leads to the desired set.
-    running_after = {
-        name for name, state in observed_states.items() if state == "running"
-    }
+    running_after = {name for name, state in observed_states.items() if state == "running"}
     for change in plan.changes:
         if change.action is Action.KILL:
             running_after.discard(change.address)
@@ -390,12 +388,17 @@ def test_the_inventory_digest_ignores_order_and_sees_every_change() -> None:
 def test_the_plan_records_the_inventory_and_manifest_it_was_made_from() -> None:
     inv = inventory(seen("x"))
     plan = make_plan(
-        desired(want("a")), inv, manifest_digest="abc", manifest_path="sprites.yaml",
+        desired(want("a")),
+        inv,
+        manifest_digest="abc",
+        manifest_path="sprites.yaml",
         runtime="wisp",
     )
     assert plan.inventory_digest == planner.inventory_digest(inv.sprites)
     assert (plan.manifest_digest, plan.manifest_path, plan.runtime) == (
-        "abc", "sprites.yaml", "wisp"
+        "abc",
+        "sprites.yaml",
+        "wisp",
     )
     assert plan.format_version == "1"
 
