@@ -105,13 +105,15 @@ def interactive(
     or the sprite ends. Returns a one-line summary of how it ended."""
     sock = connect(socket_path)
     sock.settimeout(None)
-    _write_all(
-        stdout_fd,
-        f"Connected to {name}. Console output ({DETACH_KEY} to detach):\r\n".encode(),
-    )
     _copy_window_size(stdin_fd, pts)
     ended = f"Detached from {name}."
+    # Raw mode first: switching flushes typed-ahead input, so nothing the
+    # user types after the banner may be lost.
     with sock, _raw_terminal(stdin_fd), _follow_resizes(stdin_fd, pts):
+        _write_all(
+            stdout_fd,
+            f"Connected to {name}. Console output ({DETACH_KEY} to detach):\r\n".encode(),
+        )
         sock_fd = sock.fileno()
         while True:
             try:

@@ -440,10 +440,12 @@ class BuiltinDriver:
             duration=time.monotonic() - started,
         )
 
-    def exec_argv(self, name: str, argv: Sequence[str], error_fd: int) -> builtins.list[str]:
+    def exec_argv(
+        self, name: str, argv: Sequence[str], error_fd: int | None = None
+    ) -> builtins.list[str]:
         """The helper argv that runs ``argv`` in sprite ``name`` with the caller's
-        stdout and stderr (for a pass-through ``exec``); setup failures are
-        written to ``error_fd``."""
+        stdout and stderr (for a pass-through ``exec``). Setup failures are one
+        line on ``error_fd``, else on stderr with exit status 125."""
         self._check_name("exec", name)
         record = self._load(name)
         if record is None:
@@ -905,7 +907,9 @@ class BuiltinDriver:
         with os.fdopen(fd, "rb") as handle:
             return handle.read().decode("utf-8", "replace")
 
-    def _exec_argv(self, record: _Record, error_fd: int, argv: Sequence[str]) -> builtins.list[str]:
+    def _exec_argv(
+        self, record: _Record, error_fd: int | None, argv: Sequence[str]
+    ) -> builtins.list[str]:
         helper_bin = self._helper("exec")
         args = [
             helper_bin,
@@ -916,11 +920,11 @@ class BuiltinDriver:
             str(record.init_pid),
             "--start",
             str(record.init_start),
-            "--error-fd",
-            str(error_fd),
             "--userns",
             "1" if record.request.get("userns") else "0",
         ]
+        if error_fd is not None:
+            args += ["--error-fd", str(error_fd)]
         if record.limits is not None:
             for path in record.limits.dirs:
                 args += ["--cgroup", path]

@@ -1075,7 +1075,7 @@ static int cmd_exec(int argc, char **argv)
             g_name = v;
         else if (strcmp(a, "--error-fd") == 0) {
             g_error_fd = parse_fd(v);
-            if (g_error_fd >= 0)
+            if (g_error_fd > 2)
                 fcntl(g_error_fd, F_SETFD, FD_CLOEXEC);
         } else {
             fprintf(stderr, "sprite-helper: unknown option %s\n", a);
