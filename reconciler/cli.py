@@ -185,8 +185,17 @@ def cli(
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("[sprites] %(message)s"))
         logger = logging.getLogger("sprites")
+        level = logger.level
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
+
+        def quiet() -> None:
+            # Commands run in-process (tests, agent tools) must not keep
+            # logging to a stream that belonged to an earlier call.
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+        ctx.call_on_close(quiet)
     ctx.obj = State(config, state_dir, runtime)
     ctx.call_on_close(lambda: ctx.obj._engine.close() if ctx.obj._engine else None)
 
