@@ -1,5 +1,5 @@
-"""The ``{success, message, data}`` envelope of the imperative operations,
-and its human rendering.
+"""The ``{success, message, data}`` envelope of the imperative operations
+(and of the agent tools' plan and apply), and its human rendering.
 
 One renderer for the CLI's ``--json`` and the agent tools: both call the
 builders here, so the same operation gives the same document.
@@ -8,12 +8,16 @@ builders here, so the same operation gives the same document.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.drivers.base import CallResult
 from reconciler.errors import ReconcilerError, RuntimeCallError
 from reconciler.models import units
 from reconciler.models.observed import Inventory
+
+if TYPE_CHECKING:
+    from reconciler.engine import ApplyOutcome
+    from reconciler.models.plan import Plan
 
 
 def envelope(success: bool, message: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +70,32 @@ def logged(name: str | None, result: CallResult) -> dict[str, Any]:
         f"Logs of {target}",
         {"name": name, "stdout": result.stdout, "stderr": result.stderr},
     )
+
+
+def planned(plan: Plan) -> dict[str, Any]:
+    """A plan in the envelope: ``data`` is the document ``sprites plan --json`` prints."""
+    from reconciler.views.plan import plan_document, plan_summary
+
+    return envelope(True, plan_summary(plan), plan_document(plan))
+
+
+def applied(outcome: ApplyOutcome) -> dict[str, Any]:
+    """An apply: the plan it carried out, and what came of it (``result`` is
+    None when nothing needed doing)."""
+    from reconciler.views.plan import apply_message, apply_summary, plan_document, plan_summary
+
+    result = outcome.result
+    operation = outcome.plan.operation
+    data: dict[str, Any] = {"plan": plan_document(outcome.plan), "result": None}
+    if result is not None:
+        failures = [
+            {"sprite": name, "message": error.user_message} for name, error in result.failures
+        ]
+        data["result"] = {**apply_summary(result, operation), "failures": failures}
+    if outcome.notes:
+        data["notes"] = list(outcome.notes)
+    message = plan_summary(outcome.plan) if result is None else apply_message(result, operation)
+    return envelope(outcome.ok, message, data)
 
 
 def failed(error: ReconcilerError, **data: Any) -> dict[str, Any]:
