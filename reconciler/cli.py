@@ -178,6 +178,7 @@ def cli(
     \b
     Declarative:  plan, apply, destroy   (a manifest, sprites.yaml)
     Imperative:   start, list, attach, kill, logs
+    Agents:       mcp                  (the tools over the Model Context Protocol)
 
     Exit status: 0 success, 1 error (with --detailed-exitcode on plan: 2 means changes).
     """
@@ -505,6 +506,33 @@ def force_unlock(state: State, project: str) -> None:
         click.echo(state.engine().force_unlock(project))
     except ReconcilerError as error:
         _fail(error, False)
+
+
+# -- agents ------------------------------------------------------------------
+
+MCP_INSTALL = (
+    "Install it with: pip install 'sprites[mcp]'  (in a checkout: pip install -e '.[mcp]')"
+)
+
+
+@cli.command()
+@pass_state
+def mcp(state: State) -> None:
+    """Serve the agent tools to an MCP client on stdin/stdout.
+
+    \b
+    Tools: SpawnSprite, AttachSprite, ListSprites, KillSprite, PlanSprites, ApplySprites.
+    Register it with an agent as the command `sprites mcp`. Needs the mcp extra.
+    """
+    try:
+        from reconciler.tools import server
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] not in ("mcp", "mcp_types"):
+            raise
+        raise ReconcilerError(
+            f"sprites mcp needs the mcp extra, which is not installed ({exc})", hint=MCP_INSTALL
+        ) from None
+    server.serve(config_path=state.config, state_dir=state.state_dir, runtime=state.runtime)
 
 
 # -- entry points ------------------------------------------------------------
