@@ -17,7 +17,6 @@ import json
 import os
 import pathlib
 import pwd
-import secrets
 import select
 import shutil
 import signal
@@ -30,7 +29,7 @@ from typing import Any
 
 from reconciler import errors
 from reconciler.drivers import base
-from reconciler.drivers.builtin import cgroups, console, helper, records
+from reconciler.drivers.builtin import cgroups, helper, records
 from reconciler.models import observed, units
 
 NAMESPACES = ("pid", "mnt", "uts", "ipc", "net")
@@ -248,6 +247,7 @@ class BuiltinDriver:
         self.grace = float(grace)
         self._hierarchy: cgroups.Hierarchy | None = None
         self._hierarchy_known = False
+        self._layout_ready = False
 
     # ------------------------------------------------------------- protocol
 
@@ -280,7 +280,7 @@ class BuiltinDriver:
         final = self.layout.sprite(name)
         if os.path.lexists(final):
             raise errors.SpriteExistsError("start", f"sprite '{name}' already exists")
-        sprite_id = f"sprite-{secrets.token_hex(6)}"
+        sprite_id = f"sprite-{os.urandom(6).hex()}"
         socket_path = str(self.layout.socket(sprite_id))
         dir_fd = self._reserve(name, sprite_id, socket_path, request, settings)
         groups: cgroups.SpriteCgroups | None = None
@@ -346,6 +346,8 @@ class BuiltinDriver:
             and record.supervisor_alive
             and record.pids
         ):
+            from reconciler.drivers.builtin import console  # only a terminal needs it
+
             try:
                 ended = console.interactive(record.socket, record.pids.get("pts", ""), name)
             except OSError as exc:
@@ -466,9 +468,12 @@ class BuiltinDriver:
         except helper.HelperUnavailableError as exc:
             raise errors.RuntimeCallError(op, str(exc)) from exc
 
-    def _ensure_layout(self, op: str) -> None:
+    def _ensure_layout(self, op: str, *, recheck: bool = False) -> None:
+        if self._layout_ready and not recheck:
+            return
         try:
             self.layout.ensure()
+            self._layout_ready = True
         except records.UnsafePathError as exc:
             raise errors.RuntimeCallError(op, str(exc)) from exc
         except OSError as exc:
@@ -566,7 +571,11 @@ class BuiltinDriver:
         cannot both win (renaming onto a non-empty directory fails)."""
         tmp = self.layout.sprites / f".new-{sprite_id}"
         try:
-            os.mkdir(tmp, 0o700)
+            try:
+                os.mkdir(tmp, 0o700)
+            except FileNotFoundError:  # the state dir was removed under us
+                self._ensure_layout("start", recheck=True)
+                os.mkdir(tmp, 0o700)
             dir_fd = records.open_dir(tmp)
         except OSError as exc:
             raise errors.RuntimeCallError("start", self._os_reason(exc)) from exc
@@ -679,14 +688,13 @@ class BuiltinDriver:
             raise errors.RuntimeCallError("start", f"cannot run the sprite helper: {exc}") from exc
         finally:
             os.close(ready_w)
-        pids: tuple[int, int] | None = None
         try:
             deadline = time.monotonic() + self.timeout
             buffer = b""
-            while True:
+            while b"\n" not in buffer:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._abandon(proc, pids)
+                    self._abandon(proc, dir_fd)
                     raise errors.RuntimeTimeoutError("start", self.timeout)
                 readable, _, _ = select.select([ready_r], [], [], remaining)
                 if not readable:
@@ -698,18 +706,15 @@ class BuiltinDriver:
                         "start", f"the sprite helper ended without reporting (exit code {code})"
                     )
                 buffer += chunk
-                while b"\n" in buffer:
-                    line, _, buffer = buffer.partition(b"\n")
-                    text = line.decode("utf-8", "replace")
-                    if text.startswith("pids "):
-                        parts = text.split()
-                        pids = (int(parts[1]), int(parts[2]))
-                    elif text == "ok" and pids is not None:
-                        proc.wait()
-                        return pids[1]
-                    elif text.startswith("err "):
-                        proc.wait()
-                        raise errors.RuntimeCallError("start", text[4:])
+            line = buffer.partition(b"\n")[0].decode("utf-8", "replace")
+            proc.wait()
+            if line.startswith("err "):
+                raise errors.RuntimeCallError("start", line[4:])
+            pids = records.read_kv(dir_fd, "pids") or {}
+            if line != "ok" or not pids.get("init_pid", "").isdigit():
+                self._abandon(proc, dir_fd)
+                raise errors.RuntimeOutputError("start", f"unexpected helper report {line!r}")
+            return int(pids["init_pid"])
         except BaseException:
             if proc.poll() is None:
                 proc.kill()
@@ -719,20 +724,23 @@ class BuiltinDriver:
             os.close(ready_r)
 
     @staticmethod
-    def _abandon(proc: subprocess.Popen[bytes], pids: tuple[int, int] | None) -> None:
-        """Stop a start that ran out of time: the helper, its supervisor and init."""
+    def _abandon(proc: subprocess.Popen[bytes], dir_fd: int) -> None:
+        """Stop a start that went wrong: the helper, its supervisor and init."""
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for pid in pids or ():
+        pids = records.read_kv(dir_fd, "pids") or {}
+        for key in ("init", "supervisor"):
             try:
-                fd = os.pidfd_open(pid)
-            except OSError:
+                pid, start = int(pids[f"{key}_pid"]), int(pids[f"{key}_start"])
+            except (KeyError, ValueError):
                 continue
-            try:
-                records.signal_process(fd, signal.SIGKILL)
-            finally:
-                os.close(fd)
+            fd = records.open_process(pid, start)
+            if fd is not None:
+                try:
+                    records.signal_process(fd, signal.SIGKILL)
+                finally:
+                    os.close(fd)
 
     def _discard(self, name: str, sprite_id: str, groups: cgroups.SpriteCgroups | None) -> None:
         """Undo a failed start (the caller still holds the record's lock)."""
@@ -742,7 +750,7 @@ class BuiltinDriver:
         self._remove_records(name, self.layout.sprite(name))
 
     def _remove_records(self, name: str, path: pathlib.Path) -> None:
-        trash = self.layout.trash / f"{name}.{secrets.token_hex(4)}"
+        trash = self.layout.trash / f"{name}.{os.urandom(4).hex()}"
         try:
             os.rename(path, trash)
         except FileNotFoundError:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-import secrets
 import shutil
 import stat
 import subprocess
@@ -92,7 +91,7 @@ def ensure(state_dir: pathlib.Path) -> pathlib.Path:
             records.make_private_dir(bin_dir)
         except (OSError, records.UnsafePathError) as exc:
             raise HelperUnavailableError(f"cannot create {bin_dir}: {exc}") from exc
-        tmp = bin_dir / f".build-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp = bin_dir / f".build-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             proc = subprocess.run(
                 [gcc, *CFLAGS, "-o", str(tmp), str(SOURCE)],

@@ -17,9 +17,10 @@
  * output into the ring and to attached clients, feeds client input to the
  * console, and records how the sprite ended.
  *
- * Progress reaches the caller as lines on --ready-fd: "pids <supervisor>
- * <init>", then "ok" or "err <reason>". --lock-fd is the caller's locked
- * record directory: it stays locked until the sprite is recorded.
+ * The caller hears one line on --ready-fd: "ok" from the init once COMMAND
+ * has been executed (the supervisor has recorded the pids by then), or
+ * "err <reason>" from whichever step failed. --lock-fd is the caller's
+ * locked record directory; the helper only closes its copies of it.
  *
  * Records, all in the sprite's directory: "console" (ring: "SPRC", u32 size,
  * u64 bytes written, then the data), "log" (one line per event), "pids"
@@ -504,7 +505,39 @@ static void __attribute__((noreturn)) command_child(int exec_w)
     _exit(127);
 }
 
-static void __attribute__((noreturn)) run_init(int sync_w, int go_r)
+/* A failed setup: the caller hears it directly from the init. */
+static void __attribute__((noreturn)) init_fail(const char *fmt, ...)
+{
+    char reason[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+    for (char *p = reason; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    ready_msg("err %s\n", reason);
+    log_line("start failed: %s", reason);
+    _exit(127);
+}
+
+/* The supervisor's go: sent once the sprite is recorded (and, in a user
+ * namespace, once our ids are mapped). */
+static void wait_go(int go_r)
+{
+    char c;
+    ssize_t n;
+
+    do {
+        n = read(go_r, &c, 1);
+    } while (n < 0 && errno == EINTR);
+    if (n != 1)
+        init_fail("the supervisor ended during setup");
+    close(go_r);
+}
+
+static void __attribute__((noreturn)) run_init(int go_r)
 {
     sigset_t set;
     int exec_pipe[2];
@@ -514,56 +547,35 @@ static void __attribute__((noreturn)) run_init(int sync_w, int go_r)
     int main_status = 0, main_done = 0, terminating = 0, no_children = 0;
 
     /* The init holds only what it needs: the console slave, the record
-     * directory and the pipe to the supervisor. */
+     * directory, the log, the caller's ready pipe and the go pipe. */
     close(g_master);
     close(g_listen);
     close(g_sigfd);
     close(g_lock_fd);
-    close(g_ready);
-    g_ready = -1;
-    close(g_log);
-    g_log = -1;
     munmap(g_ring, RING_HEADER + RING_SIZE);
 
-    if (go_r >= 0) {
-        char c;
-        if (read(go_r, &c, 1) != 1)
-            _exit(1);
-        close(go_r);
-    }
+    if (g_userns)
+        wait_go(go_r);
     for (int i = 0; i < g_ncgroups; i++) {
-        if (write(g_cgroup_fds[i], "0", 1) != 1) {
-            init_report(sync_w, "err cannot join cgroup %s: %s", g_cgroups[i], reason_for(errno));
-            _exit(1);
-        }
+        if (write(g_cgroup_fds[i], "0", 1) != 1)
+            init_fail("cannot join cgroup %s: %s", g_cgroups[i], reason_for(errno));
         close(g_cgroup_fds[i]);
     }
-    if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) {
-        init_report(sync_w, "err cannot make / a slave mount: %s", reason_for(errno));
-        _exit(1);
-    }
-    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
-        init_report(sync_w, "err cannot mount /proc: %s", reason_for(errno));
-        _exit(1);
-    }
-    if (sethostname(g_name, strlen(g_name)) < 0) {
-        init_report(sync_w, "err cannot set the hostname: %s", reason_for(errno));
-        _exit(1);
-    }
+    if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
+        init_fail("cannot make / a slave mount: %s", reason_for(errno));
+    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+        init_fail("cannot mount /proc: %s", reason_for(errno));
+    if (sethostname(g_name, strlen(g_name)) < 0)
+        init_fail("cannot set the hostname: %s", reason_for(errno));
     loopback_up();
 
-    if (pipe2(exec_pipe, O_CLOEXEC) < 0) {
-        init_report(sync_w, "err pipe: %s", strerror(errno));
-        _exit(1);
-    }
+    if (pipe2(exec_pipe, O_CLOEXEC) < 0)
+        init_fail("pipe: %s", strerror(errno));
     main_pid = fork();
-    if (main_pid < 0) {
-        init_report(sync_w, "err fork: %s", strerror(errno));
-        _exit(1);
-    }
+    if (main_pid < 0)
+        init_fail("fork: %s", strerror(errno));
     if (main_pid == 0) {
         close(exec_pipe[0]);
-        close(sync_w);
         command_child(exec_pipe[1]);
     }
     close(exec_pipe[1]);
@@ -574,12 +586,15 @@ static void __attribute__((noreturn)) run_init(int sync_w, int go_r)
     close(exec_pipe[0]);
     if (n > 0) {
         buf[n] = '\0';
-        init_report(sync_w, "err %s", buf);
-        waitpid(main_pid, NULL, 0);
-        _exit(127);
+        init_fail("%s", buf);
     }
-    init_report(sync_w, "ok");
-    close(sync_w);
+    if (!g_userns)
+        wait_go(go_r);
+    ready_msg("ok\n");
+    close(g_ready);
+    g_ready = -1;
+    close(g_log);
+    g_log = -1;
 
     /* The signals stay blocked (inherited from the supervisor): a namespace
      * init ignores unhandled signals, but blocked ones wait for sigwaitinfo. */
@@ -698,11 +713,9 @@ static void describe_end(pid_t init_pid, int init_status)
 static void __attribute__((noreturn)) supervise(void)
 {
     sigset_t set;
-    int sync_pipe[2], go_pipe[2] = {-1, -1};
+    int go_pipe[2];
     unsigned long flags;
     pid_t init_pid;
-    char msg[600];
-    size_t got = 0;
     int init_status = 0;
 
     setsid();
@@ -717,7 +730,7 @@ static void __attribute__((noreturn)) supervise(void)
     g_sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     if (g_sigfd < 0)
         fail("signalfd: %s", strerror(errno));
-    if (pipe2(sync_pipe, O_CLOEXEC) < 0 || (g_userns && pipe2(go_pipe, O_CLOEXEC) < 0))
+    if (pipe2(go_pipe, O_CLOEXEC) < 0)
         fail("pipe: %s", strerror(errno));
 
     flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET;
@@ -728,43 +741,19 @@ static void __attribute__((noreturn)) supervise(void)
     if (init_pid < 0)
         fail("cannot create the sprite's namespaces: %s", reason_for(errno));
     if (init_pid == 0) {
-        close(sync_pipe[0]);
-        if (go_pipe[1] >= 0)
-            close(go_pipe[1]);
-        run_init(sync_pipe[1], go_pipe[0]);
+        close(go_pipe[1]);
+        run_init(go_pipe[0]);
     }
-    close(sync_pipe[1]);
+    close(go_pipe[0]);
     close(g_slave);
     for (int i = 0; i < g_ncgroups; i++)
         close(g_cgroup_fds[i]);
-    ready_msg("pids %d %d\n", (int)getpid(), (int)init_pid);
-    if (g_userns) {
-        close(go_pipe[0]);
+    if (g_userns)
         write_maps(init_pid);
-        write_all(go_pipe[1], "g", 1);
-        close(go_pipe[1]);
-    }
 
-    for (;;) {
-        ssize_t r = read(sync_pipe[0], msg + got, sizeof msg - 1 - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-        if (got >= sizeof msg - 1)
-            break;
-    }
-    msg[got] = '\0';
-    close(sync_pipe[0]);
-    if (strcmp(msg, "ok") != 0) {
-        waitpid(init_pid, NULL, 0);
-        unlink_socket();
-        if (strncmp(msg, "err ", 4) == 0)
-            fail("%s", msg + 4);
-        fail("the sprite's init ended during setup");
-    }
-
+    /* Record the sprite while the init sets itself up; the init reports
+     * "ok" to the caller only after this go, so a running sprite always has
+     * its pids on record. */
     {
         char rec[512];
         struct timespec ts;
@@ -775,12 +764,19 @@ static void __attribute__((noreturn)) supervise(void)
                  (int)getpid(), proc_start(getpid()), (int)init_pid, proc_start(init_pid),
                  (long long)ts.tv_sec, ts.tv_nsec / 1000, g_pts, g_userns);
         if (write_record("pids", ".pids", rec, 0) < 0) {
+            int err = errno;
             kill(init_pid, SIGKILL);
             waitpid(init_pid, NULL, 0);
             unlink_socket();
-            fail("cannot record the sprite: %s", strerror(errno));
+            fail("cannot record the sprite: %s", strerror(err));
         }
     }
+    write_all(go_pipe[1], "g", 1);
+    close(go_pipe[1]);
+    /* The caller keeps the record locked until it hears from the init. */
+    close(g_lock_fd);
+    close(g_ready);
+    g_ready = -1;
     {
         char cmd[256];
         size_t used = 0;
@@ -799,12 +795,6 @@ static void __attribute__((noreturn)) supervise(void)
         log_line("started sprite %s (id %s): init pid %d, supervisor pid %d, console %s, command: %s",
                  g_name, g_id, (int)init_pid, (int)getpid(), g_pts, cmd);
     }
-    /* Recorded: release the caller's lock on the record directory. */
-    flock(g_lock_fd, LOCK_UN);
-    close(g_lock_fd);
-    ready_msg("ok\n");
-    close(g_ready);
-    g_ready = -1;
 
     for (;;) {
         struct pollfd pfd[3 + MAX_CLIENTS];
