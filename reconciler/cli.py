@@ -474,7 +474,8 @@ def _run_apply(
     except ReconcilerError as error:
         view.error(error)
         raise Failed() from None
-    view.applied(outcome.result, "destroy" if destroy else "apply")
+    # A saved plan says itself whether it destroys.
+    view.applied(outcome.result, outcome.plan.operation)
     if not outcome.ok:
         raise Failed()
 

@@ -272,6 +272,13 @@ class Engine:
             raise UsageError("--parallelism must be at least 1")
         if saved is not None:
             destroy = saved.operation == "destroy"
+            # A plan made with --adopt is re-made with it, or what it adopts
+            # would look like a conflict with someone else's sprites.
+            adopt = (
+                adopt
+                or bool(saved.adopt)
+                or any(c.reason.value == "adopted" for c in saved.changes)
+            )
             if saved.manifest_path is not None:
                 manifest_path = Path(saved.manifest_path)
             else:

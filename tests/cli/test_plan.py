@@ -233,3 +233,33 @@ def test_a_file_that_is_not_a_saved_plan(sprites: Sprites) -> None:
     result = sprites("apply", "missing.plan")
     assert result.exit_code == 1
     assert result.stderr.startswith("❌ cannot read saved plan missing.plan")
+
+
+def test_a_saved_plan_made_with_adopt_applies_its_adoptions(sprites: Sprites) -> None:
+    sprites.fake.add_sprite("agent-1")
+    sprites.fake.add_sprite("agent-2", state="stopped")
+    sprites.use_example()
+    result = sprites("plan", "--adopt", "-out", "adopt.plan")
+    assert result.exit_code == 0, result.output
+    assert "  = adopt agent-1: already running; this project will own it" in result.stdout
+    assert "  ~ restart agent-2: " in result.stdout
+    result = sprites("apply", "adopt.plan")
+    assert result.exit_code == 0, result.output
+    assert set(sprites.state()) == {"agent-1", "agent-2", "worker-1", "worker-2", "worker-3"}
+    assert "agent-1" not in sprites.started_names()
+    assert sprites("plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_a_saved_destroy_plan(sprites: Sprites) -> None:
+    sprites.use_example()
+    assert sprites("apply", "--auto-approve").exit_code == 0
+    sprites.fake.add_sprite("theirs")
+    result = sprites("plan", "--destroy", "-out", "destroy.plan")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("Destroy plan for project 'demo'")
+    assert "Plan: 0 to start, 0 to replace, 5 to kill." in result.stdout
+    assert len(sprites.running()) == 6  # planning destroyed nothing
+    result = sprites("apply", "destroy.plan")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1].startswith("Destroy complete!")
+    assert sprites.fake.names() == ["theirs"]
