@@ -38,6 +38,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SUPERVISOR_EXIT_WAIT = 2.0
 KILL_WAIT = 5.0
 MAX_PIDS = 1 << 22
+#: A reservation left unlocked this long (seconds) belongs to a start that died.
+ABANDONED_AFTER = 60.0
 
 
 def default_state_dir() -> pathlib.Path:
@@ -252,6 +254,7 @@ class BuiltinDriver:
     # ------------------------------------------------------------- protocol
 
     def list(self) -> observed.Inventory:
+        self._sweep()
         sprites: builtins.list[observed.ObservedSprite] = []
         unlimited: builtins.list[str] = []
         for name in self._names():
@@ -813,6 +816,41 @@ class BuiltinDriver:
             for fd in (init_fd, supervisor_fd):
                 if fd is not None:
                     os.close(fd)
+
+    def _sweep(self) -> None:
+        """Remove what a process that died mid-start or mid-kill left behind:
+        unlocked reservations (``.new-*``) and anything in the trash."""
+        try:
+            entries = os.listdir(self.layout.sprites)
+        except OSError:
+            entries = []
+        for entry in entries:
+            if not entry.startswith(".new-"):
+                continue
+            path = self.layout.sprites / entry
+            try:
+                fd = records.open_dir(path)
+                # Young ones may not be locked yet by the start creating them.
+                if time.time() - os.fstat(fd).st_mtime < ABANDONED_AFTER:
+                    os.close(fd)
+                    continue
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)  # a start is filling it right now
+                continue
+            try:
+                shutil.rmtree(path, ignore_errors=True)
+            finally:
+                os.close(fd)
+        try:
+            trash = os.listdir(self.layout.trash)
+        except OSError:
+            trash = []
+        for entry in trash:
+            shutil.rmtree(self.layout.trash / entry, ignore_errors=True)
 
     def _names(self) -> builtins.list[str]:
         try:

@@ -682,3 +682,154 @@ def test_inventory_raw_is_the_wisp_json(driver: BuiltinDriver, sprite_name: Name
             "address": result.address,
         }
     ]
+
+
+# ------------------------------------------------------------- robustness
+
+
+def test_console_socket_beyond_the_sun_path_limit(
+    tmp_path: pathlib.Path, helper_binary: pathlib.Path, sprite_name: Names
+) -> None:
+    from reconciler.drivers.builtin import make_driver
+
+    from .conftest import _seed_helper, cleanup_state
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "state"
+    _seed_helper(deep, helper_binary)
+    driver = make_driver(deep, timeout=30, grace=2)
+    name = sprite_name("long-path")
+    try:
+        result = start(driver, name)
+        assert result.address is not None
+        path = result.address.removeprefix("unix://")
+        assert len(path) > 108 and pathlib.Path(path).exists()
+        with console.connect(path) as sock:
+            sock.settimeout(5)
+            sock.sendall(b"echo long-$((2+3))\n")
+            received = b""
+            deadline = time.monotonic() + 10
+            while b"long-5\r\n" not in received and time.monotonic() < deadline:
+                received += sock.recv(4096)
+        assert b"long-5\r\n" in received
+        _assert_kill_cleans(driver, name, result)
+    finally:
+        cleanup_state(deep)
+
+
+def test_abandoned_reservations_and_trash_are_swept(
+    driver: BuiltinDriver, sprite_name: Names
+) -> None:
+    driver.layout.ensure()
+    abandoned = driver.layout.sprites / ".new-sprite-000000000000"
+    abandoned.mkdir(mode=0o700)
+    (abandoned / "request").write_text("{}")
+    old = time.time() - 3600
+    os.utime(abandoned, (old, old))
+    young = driver.layout.sprites / ".new-sprite-111111111111"
+    young.mkdir(mode=0o700)
+    (driver.layout.trash / "leftover.1234").mkdir()
+    assert driver.list().sprites == ()
+    assert not abandoned.exists() and young.exists()
+    assert list(driver.layout.trash.iterdir()) == []
+
+
+def test_concurrent_first_builds_of_the_helper(tmp_path: pathlib.Path) -> None:
+    code = (
+        "import pathlib, sys; from reconciler.drivers.builtin import helper;"
+        "print(helper.ensure(pathlib.Path(sys.argv[1])))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    outputs = {proc.communicate(timeout=120)[0].strip() for proc in procs}
+    assert all(proc.returncode == 0 for proc in procs)
+    assert len(outputs) == 1
+    built = pathlib.Path(outputs.pop())
+    assert built.parent == tmp_path / "bin"
+    assert [p.name for p in built.parent.iterdir()] == [built.name], "no partial builds left"
+    assert stat.S_IMODE(built.stat().st_mode) == 0o700
+    assert subprocess.run([str(built), "--version"], capture_output=True, check=True).stdout
+
+
+UNPRIVILEGED_PYTHON = "/usr/bin/python3"
+
+
+def _unprivileged_problem() -> str | None:
+    if not os.access(UNPRIVILEGED_PYTHON, os.X_OK):
+        return f"no {UNPRIVILEGED_PYTHON} an unprivileged user could run"
+    version = subprocess.run(
+        [UNPRIVILEGED_PYTHON, "-c", "import sys; print(sys.version_info >= (3, 10))"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if version != "True":
+        return f"{UNPRIVILEGED_PYTHON} is older than 3.10"
+    if (
+        records.proc_stat(1) is None
+        or pathlib.Path("/proc/sys/user/max_user_namespaces").read_text().strip() == "0"
+    ):
+        return "user namespaces are disabled"
+    return None
+
+
+def test_unprivileged_user_runs_sprites_without_limits(helper_binary: pathlib.Path) -> None:
+    """Without root the sprite gets a user namespace too; cgroups cannot be
+    written, so start is denied unless limits may go unenforced."""
+    problem = _unprivileged_problem()
+    if problem:
+        pytest.skip(problem)
+    import shutil
+    import tempfile
+
+    nobody = 65534
+    base_dir = pathlib.Path(tempfile.mkdtemp(prefix="sprites-unpriv-", dir="/tmp"))
+    os.chmod(base_dir, 0o755)
+    state = base_dir / "state"
+    bin_dir = state / "bin"
+    bin_dir.mkdir(parents=True, mode=0o700)
+    built = bin_dir / helper_binary.name
+    shutil.copy2(helper_binary, built)
+    for path in (state, bin_dir, built):
+        os.chown(path, nobody, nobody)
+    repo = pathlib.Path(__file__).resolve().parents[3]
+    code = (
+        f"import sys; sys.path.insert(0, {str(repo)!r});"
+        "from reconciler.drivers.builtin import wispcli; sys.exit(wispcli.main(sys.argv[1:]))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(base_dir), "SPRITES_STATE_DIR": str(state)}
+
+    def wisp(*args: str, enforce: str = "0") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [UNPRIVILEGED_PYTHON, "-c", code, *args],
+            env=dict(env, SPRITES_ENFORCE_LIMITS=enforce),
+            user=nobody,
+            group=nobody,
+            extra_groups=[],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    try:
+        denied = wisp("start", "unpriv-strict", enforce="1")
+        assert (denied.returncode, denied.stderr) == (1, "permission denied\n")
+        started = wisp("start", "unpriv", "--", "/bin/sh", "-c", "echo uid=$(id -u); sleep 60")
+        assert started.returncode == 0, started.stderr
+        listed = wisp("list", "--json")
+        assert json.loads(listed.stdout)[0]["state"] == "running"
+        assert "limits are not enforced" in listed.stderr
+        inside = wisp("exec", "unpriv", "--", "cat", "/proc/sys/kernel/hostname")
+        assert inside.stdout == "unpriv\n", inside.stderr
+        assert wisp("exec", "unpriv", "--", "id", "-u").stdout == "0\n"
+        killed = wisp("kill", "unpriv")
+        assert killed.returncode == 0 and killed.stdout.startswith("Terminated VM unpriv")
+        assert json.loads(wisp("list", "--json").stdout) == []
+    finally:
+        wisp("kill", "unpriv")
+        shutil.rmtree(base_dir, ignore_errors=True)
