@@ -768,10 +768,8 @@ def _unprivileged_problem() -> str | None:
     ).stdout.strip()
     if version != "True":
         return f"{UNPRIVILEGED_PYTHON} is older than 3.10"
-    if (
-        records.proc_stat(1) is None
-        or pathlib.Path("/proc/sys/user/max_user_namespaces").read_text().strip() == "0"
-    ):
+    limit = pathlib.Path("/proc/sys/user/max_user_namespaces")
+    if not limit.exists() or limit.read_text().strip() == "0":
         return "user namespaces are disabled"
     return None
 
