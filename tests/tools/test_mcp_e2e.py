@@ -20,7 +20,7 @@ pytest.importorskip(
 
 import anyio  # noqa: E402
 from mcp import Client  # noqa: E402
-from mcp.client.stdio import StdioServerParameters  # noqa: E402
+from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
 
 from reconciler.tools import TOOLS, Envelope  # noqa: E402
 from tests.tools.conftest import Project  # noqa: E402
@@ -32,9 +32,10 @@ MANIFEST = "version: 1\nproject: agents\nsprites:\n  planned: {memory: 64MiB}\n"
 
 
 def sprites_command() -> list[str]:
-    """The installed ``sprites`` console script (beside this interpreter when
-    in a virtualenv), else the same entry point through this interpreter."""
-    found = shutil.which("sprites", path=os.path.dirname(sys.executable)) or shutil.which("sprites")
+    """The ``sprites`` console script installed beside this interpreter, else
+    the same entry point through this interpreter: either way the code and
+    the SDK under test, not some other ``sprites`` on the PATH."""
+    found = shutil.which("sprites", path=os.path.dirname(sys.executable))
     if found:
         return [found]
     return [sys.executable, "-c", "from reconciler.cli import main; main()"]
@@ -50,7 +51,10 @@ def server_parameters(project: Project) -> StdioServerParameters:
         str(project.state_dir),
         "mcp",
     ]
-    return StdioServerParameters(command=command[0], args=args, cwd=str(project.root))
+    # The client hands the server only a few safe variables; keep an
+    # uninstalled checkout importable.
+    env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else None
+    return StdioServerParameters(command=command[0], args=args, env=env, cwd=str(project.root))
 
 
 def envelope_of(result: Any) -> dict[str, Any]:
@@ -68,7 +72,7 @@ def test_an_mcp_client_lists_and_calls_the_six_tools(runtime: Project) -> None:
 
     async def session() -> None:
         with anyio.fail_after(DEADLINE):
-            async with Client(server_parameters(runtime)) as client:
+            async with Client(stdio_client(server_parameters(runtime))) as client:
                 steps["server"] = client.server_info
                 steps["instructions"] = client.instructions
                 steps["tools"] = (await client.list_tools()).tools
@@ -152,7 +156,7 @@ def test_a_broken_config_is_reported_by_every_call_not_by_a_dead_server(
 
     async def session() -> None:
         with anyio.fail_after(DEADLINE):
-            async with Client(server_parameters(wisp_runtime)) as client:
+            async with Client(stdio_client(server_parameters(wisp_runtime))) as client:
                 answers.append(envelope_of(await client.call_tool("ListSprites", {})))
 
     anyio.run(session)
