@@ -141,7 +141,7 @@ def run(count: int, burst: int, state_dir: pathlib.Path) -> int:
         (
             f"{burst} sprites started with a pool of 10",
             f"{burst_seconds:.2f} s ({running} running)",
-            f"<= {BURST_TARGET_S:.0f} s" if burst == 100 else "(target applies to 100)",
+            f"<= {BURST_TARGET_S:.0f} s" if burst == 100 else "set for 100 sprites only",
             burst_seconds <= BURST_TARGET_S and running == burst,
         ),
     ]

@@ -8,6 +8,7 @@ operation and hands the result to a view. Errors become ``❌ <message>``
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -534,6 +535,184 @@ def mcp(state: State) -> None:
             f"sprites mcp needs the mcp extra, which is not installed ({exc})", hint=MCP_INSTALL
         ) from None
     server.serve(config_path=state.config, state_dir=state.state_dir, runtime=state.runtime)
+
+
+# -- continuous reconcile ---------------------------------------------------
+
+
+@cli.command()
+@manifest_option
+@click.option(
+    "--interval",
+    default="30s",
+    show_default=True,
+    metavar="DURATION",
+    help="Time between passes; a pass also runs soon after the manifest file changes.",
+)
+@click.option("--once", is_flag=True, help="Run one pass and exit (1 if it failed): cron and CI.")
+@click.option(
+    "--adopt", is_flag=True, help="Take over running sprites whose names the manifest wants."
+)
+@click.option(
+    "--parallelism",
+    type=click.IntRange(min=1, max=1000),
+    default=10,
+    show_default=True,
+    help="Most runtime calls in flight at once.",
+)
+@json_option
+@pass_state
+@click.pass_context
+def watch(
+    ctx: click.Context,
+    state: State,
+    manifest: Path,
+    interval: str,
+    once: bool,
+    adopt: bool,
+    parallelism: int,
+    as_json: bool,
+) -> None:
+    """Keep the running sprites matching the manifest until stopped.
+
+    Each pass re-reads the manifest, observes, plans and applies without
+    asking (running watch is the approval): sprites that died are started
+    again, edits are applied, an invalid edit is reported and the last good
+    manifest kept. Failing sprites back off. Every event goes to the event
+    log (`sprites events`); --json prints them as they happen.
+    Ctrl-C or SIGTERM stops after the current pass; sprites keep running.
+    """
+    from reconciler.loop import Watcher, stop_on_signals
+    from reconciler.models import units
+
+    try:
+        try:
+            seconds = units.parse_duration(interval)
+        except ValueError as exc:
+            raise UsageError(f"--interval: {exc}") from None
+        if seconds <= 0:
+            raise UsageError("--interval must be longer than zero")
+        engine = state.engine()
+        watcher = Watcher(engine, manifest, interval=seconds, adopt=adopt, parallelism=parallelism)
+        engine.events.listeners.append(_event_printer(as_json, quiet=True))
+        with stop_on_signals(watcher.stop):
+            code = watcher.run(once=once)
+    except ReconcilerError as error:
+        if as_json:
+            from reconciler.views.events import error_event
+
+            click.echo(error_event(error))
+            raise Failed() from None
+        _fail(error, False)
+    ctx.exit(code)
+
+
+def _event_printer(as_json: bool, *, quiet: bool) -> Callable[[dict[str, Any]], None]:
+    from reconciler.views.events import event_json, event_line, is_quiet
+
+    def show(event: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(event_json(event))
+        elif not (quiet and is_quiet(event)):
+            click.echo(event_line(event))
+
+    return show
+
+
+@cli.command()
+@manifest_option
+@json_option
+@pass_state
+def status(state: State, manifest: Path, as_json: bool) -> None:
+    """Each sprite of the manifest against what runs: in sync or not, state,
+    uptime, restarts, time left to live and the last error."""
+    from reconciler.views import events as views
+
+    try:
+        report = state.engine().status(manifest)
+    except ReconcilerError as error:
+        _fail(error, as_json)
+    if as_json:
+        click.echo(json.dumps(views.status_document(report), indent=2, ensure_ascii=False))
+    else:
+        click.echo(views.status_text(report))
+
+
+@cli.command()
+@click.option("-p", "--project", help="Only this project's events.")
+@click.option("--follow", is_flag=True, help="Keep printing events as they come (Ctrl-C stops).")
+@click.option(
+    "-n", "--lines", type=click.IntRange(min=0), help="Only the last N events (then follow)."
+)
+@json_option
+@pass_state
+def events(
+    state: State, project: str | None, follow: bool, lines: int | None, as_json: bool
+) -> None:
+    """Print the event log: what every apply, destroy, watch pass and
+    imperative start/kill observed, planned and did (all projects of the
+    state directory unless -p)."""
+    import threading
+    from collections import deque
+
+    from reconciler.loop import stop_on_signals
+
+    try:
+        log = state.engine().events
+    except ReconcilerError as error:
+        _fail(error, as_json)
+    show = _event_printer(as_json, quiet=False)
+    if not follow:
+        for event in deque(log.read(project), maxlen=lines):
+            show(event)
+        return
+    stop = threading.Event()
+    with stop_on_signals(stop.set):
+        for event in log.follow(project, stop=stop.is_set, wait=stop.wait, backlog=lines):
+            show(event)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of the manifest, for editors and CI checks.
+
+    \b
+    Editors (yaml-language-server) pick it up from a first line such as:
+    # yaml-language-server: $schema=./sprites.schema.json
+    """
+    from reconciler.schema import schema_text
+
+    click.echo(schema_text(), nl=False)
+
+
+# -- microVM guest image -----------------------------------------------------
+
+
+@cli.group()
+def image() -> None:
+    """The microVM runtime's guest image (a kernel and an initramfs)."""
+
+
+@image.command("build")
+@json_option
+@pass_state
+def image_build(state: State, as_json: bool) -> None:
+    """Build the guest image from Debian packages (apt-get download; /boot is untouched).
+
+    The image is cached under the state directory; run it again to update it.
+    """
+    from reconciler.views import envelope
+
+    try:
+        built = state.engine().build_image(lambda line: None if as_json else click.echo(line))
+    except ReconcilerError as error:
+        _fail(error, as_json)
+    data = {"kernel": str(built.kernel), "initrd": str(built.initrd), **built.info}
+    document = envelope.envelope(True, "Built the microVM guest image", data)
+    if as_json:
+        click.echo(envelope.to_json(document))
+    else:
+        click.echo(f"✅ Built the microVM guest image\n\nkernel: {built.kernel}\ninitrd: {built.initrd}")
 
 
 # -- entry points ------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from reconciler.errors import (
     UsageError,
     WispNotFoundError,
 )
+from reconciler.events import EVENTS_FILE, EventLog, EventLogHook, EventType
 from reconciler.models import units
 from reconciler.models.observed import Inventory
 from reconciler.state import StateStore
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from reconciler.manifest import LoadedManifest
     from reconciler.models.manifest import Budget
     from reconciler.models.plan import Plan
+    from reconciler.status import StatusReport
 
 log = logging.getLogger("sprites.engine")
 
@@ -88,6 +91,9 @@ class Engine:
             )
         self.runtime = runtime or self.config.agent.runtime
         self._driver: Driver | None = None
+        #: Wall clock for ttl expiry, record start times and events (tests set it).
+        self.clock: Callable[[], float] = time.time
+        self.events = EventLog(self.state_dir / EVENTS_FILE, clock=lambda: self.clock())
 
     # -- runtime ---------------------------------------------------------
 
@@ -173,11 +179,35 @@ class Engine:
                     str(agent.max_vms),
                     detail=f"{running} already running",
                 )
-            result = self.driver.start(StartRequest(name=name, memory=size, cpus=count))
+            request = StartRequest(name=name, memory=size, cpus=count)
+            result = self._logged("start", name, lambda: self.driver.start(request))
         return StartOutcome(name, size, count, result)
 
     def kill(self, name: str) -> CallResult:
-        return self.driver.kill(check_name(name))
+        check_name(name)
+        return self._logged("kill", name, lambda: self.driver.kill(name))
+
+    def _logged(self, action: str, name: str, call: Callable[[], CallResult]) -> CallResult:
+        """One imperative runtime call, in the event log (it belongs to no project)."""
+        fields: dict[str, Any] = {"project": None, "sprite": name, "action": action}
+        self.events.emit(EventType.ACTION, outcome="started", operation=action, **fields)
+        began = time.monotonic()
+        try:
+            result = call()
+        except ReconcilerError as error:
+            took = time.monotonic() - began
+            self.events.emit(
+                EventType.RESULT,
+                outcome="failed",
+                duration=took,
+                operation=action,
+                error=error.user_message,
+                **fields,
+            )
+            raise
+        took = time.monotonic() - began
+        self.events.emit(EventType.RESULT, outcome="ok", duration=took, operation=action, **fields)
+        return result
 
     def attach(self, name: str, *, interactive: bool) -> CallResult:
         return self.driver.attach(check_name(name), interactive=interactive)
@@ -229,6 +259,7 @@ class Engine:
         adopt: bool,
         destroy: bool,
         inventory: Inventory | None = None,
+        report_conflicts: bool = False,
     ) -> Plan:
         from reconciler import planner
 
@@ -247,6 +278,9 @@ class Engine:
             runtime=self.driver.name,
             manifest_path=str(loaded.path) if loaded is not None else None,
             manifest_digest=loaded.digest if loaded is not None else None,
+            now=self.clock(),
+            expired=state.expired,
+            report_conflicts=report_conflicts,
         )
 
     def apply(
@@ -264,8 +298,18 @@ class Engine:
         on_plan: Callable[[Plan], None] = lambda plan: None,
         on_note: Callable[[str], None] = lambda note: None,
         hooks: Sequence[ApplyHooks] = (),
+        report_conflicts: bool = False,
+        select: Callable[[Plan], Plan] | None = None,
+        caller: str | None = None,
     ) -> ApplyOutcome:
-        """Plan under the project's lock, ask ``approve``, and execute."""
+        """Plan under the project's lock, ask ``approve``, and execute.
+
+        Everything it observes, plans and does goes to the event log.
+        ``report_conflicts`` lists unowned sprites holding desired names in
+        ``Plan.conflicts`` instead of failing; ``select`` may drop changes
+        from the plan before it runs (the watch loop's backoff); ``caller``
+        names the operation in the lock record and the events.
+        """
         from reconciler.executor import Executor
 
         if parallelism < 1:
@@ -286,32 +330,115 @@ class Engine:
         if loaded is None and manifest_path is not None:
             loaded = self.load_manifest(manifest_path)
         name = loaded.project if loaded is not None else check_name(project or "")
-        with self.store.lock(
-            name, "destroy" if destroy else "apply", timeout=lock_timeout
-        ) as notes:
+        operation = caller or ("destroy" if destroy else "apply")
+        with self.store.lock(name, operation, timeout=lock_timeout) as notes:
             for note in notes:
                 on_note(note)
-            inventory = self.driver.list()
-            plan = self._plan(loaded, name, adopt=adopt, destroy=destroy, inventory=inventory)
-            if saved is not None:
-                _check_saved(saved, plan)
-                plan = saved
+            inventory = self._observe(name, operation)
+            began = time.monotonic()
+            try:
+                plan = self._plan(
+                    loaded,
+                    name,
+                    adopt=adopt,
+                    destroy=destroy,
+                    inventory=inventory,
+                    report_conflicts=report_conflicts,
+                )
+                if saved is not None:
+                    _check_saved(saved, plan)
+                    plan = saved
+                if select is not None:
+                    plan = select(plan)
+            except ReconcilerError as error:
+                self.events.emit(
+                    EventType.PLAN,
+                    project=name,
+                    action=operation,
+                    outcome="failed",
+                    duration=time.monotonic() - began,
+                    error=error.user_message,
+                )
+                raise
+            self.events.emit(
+                EventType.PLAN,
+                project=name,
+                action=operation,
+                outcome="changes" if plan.has_changes else "no_changes",
+                duration=time.monotonic() - began,
+                detail=plan.counts(),
+            )
             on_plan(plan)
             if not plan.needs_apply:
                 return ApplyOutcome(plan, None, notes)
             if (plan.has_changes or plan.adopt) and saved is None and not approve(plan):
                 raise ApprovalError("Apply cancelled.")
             state = self.store.load(name)
+            logger = EventLogHook(self.events, name, operation)
             executor = Executor(
                 self.driver,
                 state,
                 self.store.save,
                 self.budget(None if destroy else loaded),
                 parallelism=parallelism,
-                hooks=hooks,
+                hooks=[*hooks, logger],
+                clock=self.clock,
             )
             result = executor.run(plan, inventory)
+            for sprite, failure in result.failures:
+                if sprite not in logger.failed:
+                    self.events.emit(
+                        EventType.ERROR,
+                        project=name,
+                        sprite=None if sprite == "*" else sprite,
+                        action=operation,
+                        outcome="failed",
+                        error=failure.user_message,
+                    )
         return ApplyOutcome(plan, result, notes)
+
+    def _observe(self, project: str, operation: str) -> Inventory:
+        """List the runtime, and log it."""
+        began = time.monotonic()
+        try:
+            inventory = self.driver.list()
+        except ReconcilerError as error:
+            self.events.emit(
+                EventType.OBSERVE,
+                project=project,
+                action="list",
+                outcome="failed",
+                duration=time.monotonic() - began,
+                operation=operation,
+                error=error.user_message,
+            )
+            raise
+        self.events.emit(
+            EventType.OBSERVE,
+            project=project,
+            action="list",
+            outcome="ok",
+            duration=time.monotonic() - began,
+            operation=operation,
+            detail={"sprites": len(inventory.sprites), "running": len(inventory.running())},
+        )
+        return inventory
+
+    def status(self, manifest_path: Path) -> StatusReport:
+        """Desired against actual, per sprite; changes nothing."""
+        from reconciler.status import compare
+
+        loaded = self.load_manifest(manifest_path)
+        state = self.store.load(loaded.project)
+        inventory = self.driver.list()
+        return compare(
+            loaded,
+            inventory,
+            state,
+            now=self.clock(),
+            runtime=self.driver.name,
+            last_errors=self.events.last_errors(loaded.project),
+        )
 
     def force_unlock(self, project: str) -> str:
         return self.store.force_unlock(check_name(project))

@@ -180,3 +180,22 @@ class ApprovalError(ReconcilerError):
 
 class ApplyFailedError(ReconcilerError):
     """One or more actions of an apply failed (each was already reported)."""
+
+
+#: Errors that retrying cannot fix: the manifest (or the situation) must change first.
+TERMINAL_ERRORS: tuple[type[ReconcilerError], ...] = (
+    InputError,
+    InvalidNameError,
+    UsageError,
+    AgentKindError,
+    BudgetExceededError,
+    OwnershipError,
+    StalePlanError,
+)
+
+
+def is_terminal(error: BaseException) -> bool:
+    """Would the same request fail the same way again? A bad manifest or spec,
+    an exceeded budget or an ownership conflict are terminal; runtime failures,
+    timeouts, a busy lock and anything unknown are transient (worth retrying)."""
+    return isinstance(error, TERMINAL_ERRORS)

@@ -27,7 +27,7 @@ from reconciler.errors import ReconcilerError, SpriteNotFoundError
 from reconciler.models.manifest import Budget
 from reconciler.models.observed import Inventory
 from reconciler.models.plan import Action, Change, Plan
-from reconciler.models.state import OwnedRecord, ProjectState
+from reconciler.models.state import Expiry, OwnedRecord, ProjectState
 
 DEFAULT_PARALLELISM = 10
 log = logging.getLogger("sprites.executor")
@@ -121,6 +121,18 @@ def start_request(name: str, spec: dict[str, Any]) -> StartRequest:
         env=dict(spec.get("env") or {}),
         options=options,
     )
+
+
+def _expiries(current: dict[str, Expiry], plan: Plan, now: float) -> dict[str, Expiry]:
+    """The ttl expiries to keep: those of this plan's manifest, plus the ones it
+    adds. An edited manifest (another digest) or a destroy lifts them all."""
+    digest = plan.manifest_digest
+    if plan.operation == "destroy" or digest is None:
+        return {}
+    kept = {name: e for name, e in current.items() if e.manifest_digest == digest}
+    for name in plan.expired:
+        kept.setdefault(name, Expiry(digest, now))
+    return kept
 
 
 class Executor:
@@ -218,8 +230,10 @@ class Executor:
                 runtime=sprite.runtime,
                 started_at=sprite.started_at or now,
             )
-        if records != self.state.records:
+        expired = _expiries(self.state.expired, plan, now)
+        if records != self.state.records or expired != self.state.expired:
             self.state.records = records
+            self.state.expired = expired
             self.save(self.state)
 
     def _admit(self, ready: list[_Task], ledger: _Ledger, busy: int) -> list[_Task]:

@@ -9,7 +9,7 @@ refuses (raises) when the desired end state does not fit the budget.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from reconciler.errors import BudgetExceededError, OwnershipError
@@ -24,7 +24,7 @@ from reconciler.models.plan import (
     Plan,
     Reason,
 )
-from reconciler.models.state import OwnedRecord
+from reconciler.models.state import Expiry, OwnedRecord
 
 
 def recover(
@@ -65,18 +65,39 @@ def plan(
     runtime: str = "",
     manifest_path: str | None = None,
     manifest_digest: str | None = None,
+    now: float | None = None,
+    expired: Mapping[str, Expiry] | None = None,
+    report_conflicts: bool = False,
 ) -> Plan:
+    """``now`` (unix time) enables ttl expiry; ``expired`` holds the sprites
+    whose ttl ran out earlier. With ``report_conflicts`` a desired name taken
+    by an unowned sprite is listed in ``Plan.conflicts`` and left alone
+    instead of failing the whole plan."""
     observed = inventory.by_name()
     owned = recover(records, inventory, observed)
     changes: list[Change] = []
     adopted: dict[str, dict[str, Any]] = {}
     conflicts: list[ObservedSprite] = []
+    held: list[str] = []
+    forget: list[str] = []
 
     # What the manifest wants comes in manifest order (worker-2 before
     # worker-10), what it no longer wants in name order.
     for name, want in desired.items():
         sprite = observed.get(name)
         record = owned.get(name)
+        entry = expired.get(name) if expired else None
+        if (entry is not None and entry.manifest_digest == manifest_digest) or (
+            record is not None and is_expired(record, want, now)
+        ):
+            held.append(name)
+            if record is not None and sprite is not None:
+                changes.append(
+                    _change(name, Action.KILL, Reason.EXPIRED, record.spec, None, sprite.state)
+                )
+            elif record is not None:
+                forget.append(name)
+            continue
         if record is None:
             if sprite is None:
                 changes.append(_change(name, Action.START, Reason.NEW, None, want.spec, None))
@@ -111,11 +132,10 @@ def plan(
                 )
             )
 
-    if conflicts:
-        raise _ownership_error(conflicts, project)
+    if conflicts and not report_conflicts:
+        raise ownership_error(conflicts, project)
 
     kill_reason = Reason.DESTROY if operation == "destroy" else Reason.REMOVED_FROM_MANIFEST
-    forget: list[str] = []
     for name in sorted(name for name in owned if name not in desired):
         sprite = observed.get(name)
         if sprite is None:
@@ -125,7 +145,22 @@ def plan(
                 _change(name, Action.KILL, kill_reason, owned[name].spec, None, sprite.state)
             )
     forget.extend(sorted(name for name in records if name not in owned and name not in desired))
+    if expired:
+        # Expiries of an older manifest (or any, on destroy) lift: forgetting
+        # them is bookkeeping an apply does even when nothing else changes.
+        forget.extend(
+            sorted(
+                name
+                for name, entry in expired.items()
+                if (operation == "destroy" or entry.manifest_digest != manifest_digest)
+                and name not in records
+                and name not in forget
+            )
+        )
 
+    if held or conflicts:
+        away = set(held) | {s.name for s in conflicts}
+        desired = {name: want for name, want in desired.items() if name not in away}
     usage = _check_budget(desired, inventory, owned, budget)
     return Plan(
         format_version="1",
@@ -134,6 +169,8 @@ def plan(
         changes=tuple(changes),
         forget=tuple(forget),
         adopt=adopted,
+        expired=tuple(held),
+        conflicts=tuple(s.name for s in conflicts),
         observed=inventory.sprites,
         owned=frozenset(owned),
         budget=usage,
@@ -210,7 +247,20 @@ def inventory_digest(sprites: Iterable[ObservedSprite]) -> str:
     return digest.hexdigest()
 
 
-def _ownership_error(conflicts: list[ObservedSprite], project: str) -> OwnershipError:
+def is_expired(record: OwnedRecord, want: DesiredSprite, now: float | None) -> bool:
+    """Has the sprite run past its ttl at ``now``?"""
+    expires = expires_at(record, want)
+    return expires is not None and now is not None and now >= expires
+
+
+def expires_at(record: OwnedRecord, want: DesiredSprite) -> float | None:
+    """When the recorded sprite's ttl runs out (None without a ttl or a start time)."""
+    if want.ttl is None or record.started_at is None:
+        return None
+    return record.started_at + want.ttl
+
+
+def ownership_error(conflicts: Sequence[ObservedSprite], project: str) -> OwnershipError:
     first = conflicts[0]
     names = ", ".join(f"'{s.name}'" for s in conflicts)
     if len(conflicts) == 1:

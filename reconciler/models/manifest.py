@@ -92,6 +92,28 @@ Duration = Annotated[
 ]
 
 
+def _positive_ttl(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("ttl must be longer than zero, e.g. 30m or 2h")
+    return seconds
+
+
+Ttl = Annotated[
+    float,
+    BeforeValidator(units.parse_duration),
+    AfterValidator(_positive_ttl),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$"},
+                {"type": "number", "exclusiveMinimum": 0},
+            ],
+            "description": "A duration such as 30s, 10m or 1h30m.",
+        }
+    ),
+]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -129,6 +151,13 @@ class SpriteTemplate(_Strict):
         description="The sprite's command (argv). Default: a shell on its console.",
     )
     env: dict[StrictStr, StrictStr] | None = Field(None, description="Environment of the command.")
+    ttl: Ttl | None = Field(
+        None,
+        description=(
+            "Time to live, e.g. 30m: once a sprite has run this long it is killed and not "
+            "started again until the manifest changes. Changing it never replaces a sprite."
+        ),
+    )
 
     @field_validator("env")
     @classmethod
@@ -187,6 +216,8 @@ class DesiredSprite:
     #: The manifest key it came from (differs from ``name`` for replicas).
     template: str = ""
     spec: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: Seconds the sprite may run before it expires; metadata, kept out of ``spec``.
+    ttl: float | None = None
 
     @staticmethod
     def make(
@@ -196,6 +227,8 @@ class DesiredSprite:
         command: tuple[str, ...] = (),
         env: tuple[tuple[str, str], ...] = (),
         template: str = "",
+        *,
+        ttl: float | None = None,
     ) -> DesiredSprite:
         return DesiredSprite(
             name,
@@ -205,6 +238,7 @@ class DesiredSprite:
             env,
             template or name,
             canonical_spec(memory, cpus, command, env),
+            ttl,
         )
 
 
@@ -250,5 +284,7 @@ def desired_sprites(
                     f"sprites.{key}: the sprite name {name!r} is already used by "
                     f"sprites.{result[name].template}"
                 )
-            result[name] = DesiredSprite.make(name, memory, cpus, command, env, key)
+            result[name] = DesiredSprite.make(
+                name, memory, cpus, command, env, key, ttl=template.ttl
+            )
     return result

@@ -139,6 +139,12 @@ class Plan:
     #: Running sprites the project takes over with no runtime call
     #: (``--adopt``), with the spec they are recorded under.
     adopt: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Desired sprites whose ttl ran out under this manifest: killed (a change
+    #: with reason ``expired``) and not started again until the manifest changes.
+    expired: tuple[str, ...] = ()
+    #: Desired names taken by sprites the project does not own, when the
+    #: planner was asked to report them instead of failing (the watch loop).
+    conflicts: tuple[str, ...] = ()
     #: What the runtime listed when the plan was made, and which of those
     #: sprites this project owned.
     observed: tuple[ObservedSprite, ...] = ()

@@ -53,6 +53,25 @@ class OwnedRecord:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    """A sprite whose ttl ran out under one version of the manifest: it stays
+    down until the manifest (its digest) changes."""
+
+    manifest_digest: str
+    at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"manifest_digest": self.manifest_digest, "at": self.at}
+
+    @staticmethod
+    def from_json(data: Any) -> Expiry | None:
+        if not isinstance(data, dict) or not isinstance(data.get("manifest_digest"), str):
+            return None
+        at = data.get("at")
+        return Expiry(data["manifest_digest"], float(at) if isinstance(at, (int, float)) else 0.0)
+
+
 @dataclass(slots=True)
 class ProjectState:
     """The whole state file of one project."""
@@ -60,14 +79,19 @@ class ProjectState:
     project: str
     records: dict[str, OwnedRecord] = field(default_factory=dict)
     serial: int = 0
+    #: Sprites held down because their ttl expired (see :class:`Expiry`).
+    expired: dict[str, Expiry] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format_version": STATE_FORMAT_VERSION,
             "project": self.project,
             "serial": self.serial,
             "sprites": {name: rec.to_json() for name, rec in sorted(self.records.items())},
         }
+        if self.expired:
+            data["expired"] = {name: e.to_json() for name, e in sorted(self.expired.items())}
+        return data
 
     @staticmethod
     def from_json(data: Any) -> ProjectState:
@@ -78,4 +102,18 @@ class ProjectState:
         if not isinstance(project, str) or not isinstance(sprites, dict):
             raise ValueError("state file lacks project or sprites")
         records = {name: OwnedRecord.from_json(name, rec) for name, rec in sprites.items()}
-        return ProjectState(project=project, records=records, serial=int(data.get("serial") or 0))
+        raw_expired = data.get("expired")
+        expired = {
+            name: entry
+            for name, entry in (
+                (name, Expiry.from_json(value))
+                for name, value in (raw_expired.items() if isinstance(raw_expired, dict) else ())
+            )
+            if entry is not None
+        }
+        return ProjectState(
+            project=project,
+            records=records,
+            serial=int(data.get("serial") or 0),
+            expired=expired,
+        )

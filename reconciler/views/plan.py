@@ -78,7 +78,13 @@ def plan_lines(plan: Plan) -> list[str]:
         )
     for name in plan.adopt:
         lines.append(f"  = adopt {name}: already running; this project will own it")
-    if plan.changes or plan.adopt:
+    killing = {change.address for change in plan.changes}
+    held = [name for name in plan.expired if name not in killing]
+    for name in held:
+        lines.append(
+            f"  ! expired {name}: ttl ran out; not started again until the manifest changes"
+        )
+    if plan.changes or plan.adopt or held:
         lines.append("")
     if plan.budget is not None and plan.operation != "destroy":
         lines.append(budget_line(plan))
