@@ -46,10 +46,40 @@ def _fakewisp(directory: Path) -> WispHarness:
     return WispHarness(path=fake.path, fake=fake, teardown=fake.kill_leftovers)
 
 
-#: Add an entry here to run the contract tests against another executable,
-#: e.g. ``WispImplementation("builtin-sprites-wisp", setup_sprites_wisp)``.
+_built_helper: list[Path] = []
+
+
+def _sprites_wisp(directory: Path) -> WispHarness:
+    """The built-in runtime's wisp-compatible command on a private state dir,
+    with the helper built once per session and linked in."""
+    import os
+    import shutil
+
+    from reconciler.drivers.builtin import helper, records
+    from tests.drivers.builtin.conftest import RUNTIME_PROBLEM, cleanup_state
+
+    if RUNTIME_PROBLEM:
+        pytest.skip(f"built-in runtime unavailable: {RUNTIME_PROBLEM}")
+    if not _built_helper:
+        _built_helper.append(helper.ensure(directory.parent / "helper-cache"))
+    state = directory / "state"
+    target = helper.helper_path(state)
+    records.make_private_dir(target.parent)
+    os.link(_built_helper[0], target)
+    command = shutil.which("sprites-wisp")
+    if command is None:
+        pytest.skip("sprites-wisp is not installed (pip install -e .)")
+    return WispHarness(
+        path=command,
+        env={"SPRITES_STATE_DIR": str(state), "SPRITES_GRACE": "2"},
+        teardown=lambda: cleanup_state(state),
+    )
+
+
+#: Every wisp-compatible executable the contract tests run against.
 WISP_IMPLEMENTATIONS: list[WispImplementation] = [
     WispImplementation("fakewisp", _fakewisp, scriptable=True),
+    WispImplementation("builtin-sprites-wisp", _sprites_wisp),
 ]
 
 
