@@ -7,6 +7,7 @@ state and ownership rules, and turn every failure into ``success: false``.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -82,6 +83,23 @@ def test_spawn_counts_against_max_vms_like_start(runtime: Project) -> None:
     )
     assert data == {"name": "one-too-many"}
     assert "one-too-many" not in runtime.names()
+
+
+def test_concurrent_spawns_never_pass_max_vms(runtime: Project) -> None:
+    names = [f"rush-{number}" for number in range(2 * MAX_VMS)]
+
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        documents = list(
+            pool.map(lambda name: spawn_sprite(name, memory="64MiB", engine=runtime.engine), names)
+        )
+
+    started = sorted(d["data"]["name"] for d in documents if d["success"])
+    refused = [d for d in documents if not d["success"]]
+    assert len(started) == MAX_VMS
+    assert all(d["message"].startswith("maxVMs exceeded") for d in refused)
+    assert runtime.names() == started
+    if runtime.fake is not None:
+        assert runtime.fake.peak()["running"] == MAX_VMS
 
 
 def test_spawn_shares_the_budget_with_the_cli(runtime: Project) -> None:
