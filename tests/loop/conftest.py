@@ -93,8 +93,11 @@ class Rig:
         return {s["name"] for s in self.fake.inventory() if s["state"] == "running"}
 
     def starts(self, name: str | None = None) -> list[str]:
-        return [e["name"] for e in self.fake.history() if e["op"] == "start"
-                and (name is None or e["name"] == name)]
+        return [
+            e["name"]
+            for e in self.fake.history()
+            if e["op"] == "start" and (name is None or e["name"] == name)
+        ]
 
     def records(self, project: str = "demo") -> dict[str, Any]:
         path = self.state_dir / "projects" / f"{project}.json"

@@ -65,16 +65,28 @@ def test_without_now_nothing_expires() -> None:
 def test_an_expired_sprite_stays_down_under_the_same_manifest_only() -> None:
     held = {"a": Expiry("d1", START + HOUR)}
     same = planner.plan(
-        desired(HOUR), Inventory(), {}, Budget(max_vms=0 + 1), project="demo",
-        manifest_digest="d1", now=START + 2 * HOUR, expired=held,
+        desired(HOUR),
+        Inventory(),
+        {},
+        Budget(max_vms=1),
+        project="demo",
+        manifest_digest="d1",
+        now=START + 2 * HOUR,
+        expired=held,
     )
     assert same.changes == () and same.expired == ("a",)
     text = "\n".join(plan_lines(same))
     assert "! expired a: ttl ran out; not started again until the manifest changes" in text
     assert "No changes." in text
     edited = planner.plan(
-        desired(HOUR), Inventory(), {}, Budget(), project="demo",
-        manifest_digest="d2", now=START + 2 * HOUR, expired=held,
+        desired(HOUR),
+        Inventory(),
+        {},
+        Budget(),
+        project="demo",
+        manifest_digest="d2",
+        now=START + 2 * HOUR,
+        expired=held,
     )
     assert [(c.address, c.action) for c in edited.changes] == [("a", Action.START)]
 
@@ -83,16 +95,27 @@ def test_a_held_name_is_no_conflict_and_costs_no_budget() -> None:
     held = {"a": Expiry("d1", START)}
     squatter = running("a")  # someone else's sprite under the expired name
     plan = planner.plan(
-        desired(HOUR), squatter, {}, Budget(host_max_vms=1), project="demo",
-        manifest_digest="d1", now=START, expired=held,
+        desired(HOUR),
+        squatter,
+        {},
+        Budget(host_max_vms=1),
+        project="demo",
+        manifest_digest="d1",
+        now=START,
+        expired=held,
     )
     assert plan.changes == () and plan.budget is not None and plan.budget.sprites == 0
 
 
 def test_an_aged_record_whose_sprite_is_gone_is_forgotten_not_restarted() -> None:
     plan = planner.plan(
-        desired(HOUR), Inventory(), record(), Budget(), project="demo",
-        manifest_digest="d1", now=START + 2 * HOUR,
+        desired(HOUR),
+        Inventory(),
+        record(),
+        Budget(),
+        project="demo",
+        manifest_digest="d1",
+        now=START + 2 * HOUR,
     )
     assert plan.changes == () and plan.forget == ("a",) and plan.expired == ("a",)
 

@@ -183,7 +183,9 @@ def test_a_failing_start_backs_off_exponentially_with_a_cap(rig: Rig) -> None:
     assert watcher.run() == 0
 
     attempts = [e["ts"] for e in rig.events("result", sprite="b", outcome="failed")]
-    gaps = [round(later - earlier, 3) for earlier, later in zip(attempts, attempts[1:])]
+    gaps = [
+        round(later - earlier, 3) for earlier, later in zip(attempts, attempts[1:], strict=False)
+    ]
     assert gaps[:5] == [10.0, 20.0, 40.0, 60.0, 60.0]
     assert all(gap == 60.0 for gap in gaps[3:])
     backoffs = rig.events("backoff", sprite="b")
