@@ -371,3 +371,27 @@ def test_destroy_rejects_both_a_manifest_and_a_project(sprites: Sprites) -> None
     result = sprites("destroy", "-f", "sprites.yaml", "-p", "demo", "--auto-approve")
     assert result.exit_code == 1
     assert result.stderr == "❌ Give either -f FILE or -p PROJECT, not both.\n"
+
+
+def test_projects_own_only_their_own_sprites(sprites: Sprites) -> None:
+    sprites.write_manifest(manifest(**{"agent-1": "{}", "shared": "{}"}), "a.yaml")
+    sprites.write_manifest(
+        manifest(**{"agent-2": "{}"}).replace("project: demo", "project: other"), "b.yaml"
+    )
+    assert sprites("apply", "-f", "a.yaml", "--auto-approve").exit_code == 0
+    assert sprites("apply", "-f", "b.yaml", "--auto-approve").exit_code == 0
+    assert set(sprites.state("demo")) == {"agent-1", "shared"}
+    assert set(sprites.state("other")) == {"agent-2"}
+    # A name another project owns is a conflict, not something to take over.
+    sprites.write_manifest(
+        manifest(**{"agent-2": "{}", "shared": "{}"}).replace("project: demo", "project: other"),
+        "b.yaml",
+    )
+    result = sprites("apply", "-f", "b.yaml", "--auto-approve")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        "❌ sprite 'shared' is already running but is not owned by project 'other'"
+    )
+    assert sprites("destroy", "-p", "other", "--auto-approve").exit_code == 0
+    assert sprites.running() == {"agent-1", "shared"}
+    assert sprites("plan", "-f", "a.yaml", "--detailed-exitcode").exit_code == 0
