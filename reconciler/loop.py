@@ -15,10 +15,12 @@ polled every ``poll`` seconds while sleeping, then its digest compared).
   times a random factor in [0.5, 1]. A sprite that dies within a pass of
   being started counts as failing too, so a crash loop backs off.
 - Errors retrying cannot fix (:func:`reconciler.errors.is_terminal`: a bad
-  spec, an exceeded budget, an ownership conflict) are reported once and
-  that sprite is not retried until the manifest changes. A plan the budget
-  refuses changes nothing, so passes keep observing and report it again
-  only if the manifest or the error changes.
+  spec, an exceeded budget, an ownership conflict) are reported once. A
+  sprite whose action failed so is not retried until the manifest changes; a
+  plan refused so (it changed nothing) is only re-checked on the backoff
+  schedule, so room freed by another project is still noticed, and at once
+  when the manifest changes. A pass that fails for a transient reason (the
+  runtime unreachable, the lock busy) backs off the same way.
 - :meth:`Watcher.stop` (SIGINT/SIGTERM via :func:`stop_on_signals`) ends the
   loop after the current pass; sprites are never killed for it.
 
@@ -460,6 +462,7 @@ class Watcher:
     def _pass_failed(self, number: int, error: ReconcilerError, began: float) -> PassResult:
         terminal = is_terminal(error)
         details: dict[str, Any] = {"pass": number, "terminal": terminal}
+        details["retry_in"] = round(self.backoff.failure(PASS_KEY), 3)
         if terminal:
             key = error.user_message
             quiet = key in self._reported
@@ -467,7 +470,6 @@ class Watcher:
             outcome = "blocked"
         else:
             quiet = False
-            details["retry_in"] = round(self.backoff.failure(PASS_KEY), 3)
             outcome = "failed"
         if not quiet:
             self._emit(

@@ -39,7 +39,11 @@ def event_line(event: dict[str, Any]) -> str:
     where = event.get("project") or "-"
     if event.get("sprite"):
         where += f"/{event['sprite']}"
-    text = f"{when} {where}: {event.get('type')} {event.get('action')} {event.get('outcome')}"
+    kind, action = event.get("type"), event.get("action")
+    text = f"{when} {where}: {kind}"
+    if action != kind:
+        text += f" {action}"
+    text += f" {event.get('outcome')}"
     if event.get("step") and event.get("step") != event.get("action"):
         text += f" ({event['step']})"
     duration = event.get("duration")

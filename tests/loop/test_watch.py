@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.errors import ManifestError
-from tests.loop.conftest import Rig, manifest
+from tests.loop.conftest import START, Rig, manifest
 
 
 def test_first_pass_starts_everything_then_nothing_changes(rig: Rig) -> None:
@@ -251,7 +251,9 @@ def test_a_budget_error_is_reported_once_and_lifts_when_the_manifest_changes(rig
     assert rig.running() == set()
     [error] = rig.events("error")
     assert error["outcome"] == "blocked" and error["detail"]["terminal"] is True
+    assert error["detail"]["retry_in"] == 10.0  # re-checked only with backoff
     assert "maxVMs exceeded: 2 sprites desired, limit 1" in error["error"]
+    assert watcher.backoff.failures == {"*": 2}
 
     rig.write(manifest("a: {}", "b: {}"))
     assert watcher.run_pass().ok
@@ -338,3 +340,75 @@ def test_touching_the_manifest_without_changing_it_does_not_wake_the_loop(rig: R
     watcher.run()
     first, second = (e["ts"] for e in rig.events("pass"))
     assert second - first == 60.0
+
+
+def test_a_refused_plan_is_rechecked_with_backoff_and_at_once_after_an_edit(rig: Rig) -> None:
+    rig.write("version: 1\nproject: demo\nlimits: {maxVMs: 1}\nsprites:\n  a: {}\n  b: {}\n")
+    watcher = rig.watcher(interval=10.0, poll=0.5)
+
+    def during_sleep(clock: object) -> bool:
+        if rig.clock.waited == 100.0:
+            rig.write(manifest("a: {}", "b: {}"))
+        return rig.running() == {"a", "b"}
+
+    rig.clock.on_wait = during_sleep
+    assert watcher.run() == 0
+
+    planned = [e["ts"] - START for e in rig.events("plan")]
+    assert planned == [0.0, 10.0, 30.0, 70.0, 100.5]  # the edit held still for one poll
+    assert len(rig.events("error")) == 1
+
+
+def test_errors_retrying_cannot_fix_are_terminal() -> None:
+    from reconciler import errors
+
+    terminal = [
+        errors.BudgetExceededError("maxVMs", "6 sprites", "5"),
+        errors.OwnershipError("taken"),
+        errors.ManifestError(errors.Position("m.yaml", 1, 1), "bad"),
+        errors.UsageError("bad spec"),
+    ]
+    transient = [
+        errors.RuntimeCallError("start", "insufficient memory"),
+        errors.RuntimeTimeoutError("start", 300),
+        errors.LockError("busy"),
+        errors.ReconcilerError("unknown"),
+        ValueError("not ours"),
+    ]
+    assert all(errors.is_terminal(e) for e in terminal)
+    assert not any(errors.is_terminal(e) for e in transient)
+
+
+def test_a_sprite_failing_terminally_is_held_until_the_manifest_changes(rig: Rig) -> None:
+    from reconciler.errors import UsageError
+
+    rig.write(manifest("a: {}", "b: {}"))
+    real = rig.engine.driver
+    attempts: list[str] = []
+
+    class Refusing:
+        name = real.name
+
+        def __getattr__(self, attr: str) -> object:
+            return getattr(real, attr)
+
+        def start(self, request: object) -> object:
+            attempts.append(request.name)  # type: ignore[attr-defined]
+            if request.name == "a":  # type: ignore[attr-defined]
+                raise UsageError("the runtime rejects this spec")
+            return real.start(request)  # type: ignore[arg-type]
+
+    rig.engine._driver = Refusing()  # type: ignore[assignment]
+    watcher = rig.watcher(interval=10.0)
+    watcher.load()
+    for _ in range(4):
+        watcher.run_pass()
+        rig.clock.advance(1000.0)
+
+    assert attempts.count("a") == 1 and rig.running() == {"b"}
+    [blocked] = rig.events("backoff", sprite="a")
+    assert blocked["outcome"] == "blocked" and "rejects this spec" in blocked["error"]
+
+    rig.write(manifest("a: {cpus: 2}", "b: {}"))
+    watcher.run_pass()
+    assert attempts.count("a") == 2
