@@ -10,9 +10,9 @@ implement it too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import IO, Protocol, runtime_checkable
 
 from reconciler.models.observed import Inventory
 
@@ -44,12 +44,25 @@ class CallResult:
 
 @dataclass(frozen=True, slots=True)
 class ExecResult:
-    """A command run inside a sprite; ``exit_code`` is the command's own."""
+    """A command run inside a sprite; ``exit_code`` is the command's own
+    (128 + N when a signal N ended it). Output streamed to a sink is not kept
+    here."""
 
     exit_code: int
     stdout: bytes = b""
     stderr: bytes = b""
     duration: float = 0.0
+
+
+class OutputSink(Protocol):
+    """Where exec output goes as it arrives: ``sys.stdout.buffer``, a capture..."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
+#: What an exec'd command reads on stdin: bytes, a readable binary file
+#: object, a file descriptor, or None (end of file at once).
+ExecInput = bytes | int | IO[bytes] | None
 
 
 @runtime_checkable
@@ -78,6 +91,28 @@ class Driver(Protocol):
 
     def logs(self, name: str | None) -> CallResult:
         """The runtime's log lines, for one sprite or all."""
+        ...
+
+    def exec(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        stdin: ExecInput = None,
+        stdout: OutputSink | None = None,
+        stderr: OutputSink | None = None,
+    ) -> ExecResult:
+        """Run ``argv`` inside a running sprite and wait for it. ``env`` adds
+        to the sprite's environment, ``workdir`` and ``user`` override the
+        sprite's own; output goes to ``stdout``/``stderr`` as it arrives when
+        given, else it is returned. ``timeout`` None is the runtime's call
+        timeout, <= 0 none. Raises SpriteNotFoundError, RuntimeCallError (the
+        command could not be run: not running, no such program...) and
+        RuntimeTimeoutError; a command that ran returns, whatever its exit code."""
         ...
 
     def close(self) -> None:

@@ -13,11 +13,11 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reconciler.drivers import process
-from reconciler.drivers.base import CallResult, StartRequest
+from reconciler.drivers import execio, process
+from reconciler.drivers.base import CallResult, ExecInput, ExecResult, OutputSink, StartRequest
 from reconciler.errors import (
     InvalidNameError,
     RuntimeCallError,
@@ -39,6 +39,10 @@ _PID_RE = re.compile(r"\(PID:\s*(\d+)\)")
 _NOT_FOUND_RE = re.compile(r"sprite '[^']*' not found")
 _EXISTS_RE = re.compile(r"sprite '[^']*' already exists")
 _ERROR_PREFIX_RE = re.compile(r"^(?:error|fatal):\s*", re.IGNORECASE)
+_NO_EXEC_RE = re.compile(r"unknown command '?exec'?", re.IGNORECASE)
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: How much of exec's stderr is kept to recognise wisp's own failures.
+_STDERR_TAIL = 4096
 
 
 def resolve_wisp(wisp_path: str) -> str | None:
@@ -136,6 +140,65 @@ class WispDriver:
         completed = self._call("logs", argv)
         return CallResult(stdout=completed.stdout, stderr=completed.stderr)
 
+    def exec(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        stdin: ExecInput = None,
+        stdout: OutputSink | None = None,
+        stderr: OutputSink | None = None,
+    ) -> ExecResult:
+        """``wisp exec <name> [--env K=V]... [--workdir D] [--user U] [--stdin]
+        -- argv``: stdout and stderr pass through (and stdin with
+        ``--stdin``), the exit status is the command's. The options are given
+        only when needed, so a wisp that knows only the plain form still runs
+        plain commands."""
+        args = ["exec", _checked_name(name)]
+        for key, value in (env or {}).items():
+            if not _ENV_KEY_RE.fullmatch(key) or "\0" in value:
+                raise RuntimeCallError("exec", f"invalid environment variable {key!r}")
+            args += ["--env", f"{key}={value}"]
+        if workdir is not None:
+            args += ["--workdir", workdir]
+        if user is not None:
+            args += ["--user", str(user)]
+        if stdin is not None:
+            args.append("--stdin")
+        if not argv:
+            raise RuntimeCallError("exec", "exec needs a command")
+        args += ["--", *argv]
+        tail = _Tail(stderr)
+        seen = _Seen(stdout)
+        finished = execio.run(
+            [self.executable, *args],
+            op="exec",
+            timeout=self.timeout if timeout is None else timeout,
+            stdin=stdin,
+            stdout=seen,
+            stderr=tail,
+        )
+        if finished.returncode != 0 and not seen.any:
+            reason = failure_reason(tail.text(), finished.returncode)
+            if _NO_EXEC_RE.search(reason):
+                raise RuntimeCallError(
+                    "exec",
+                    f"this wisp ({self.executable}) has no exec command "
+                    "(it answered: unknown command 'exec'); update wisp to run commands in sprites",
+                )
+            if tail.lines() == 1 and _NOT_FOUND_RE.fullmatch(reason):
+                raise SpriteNotFoundError("exec", reason)
+        return ExecResult(
+            exit_code=finished.returncode,
+            stdout=seen.getvalue(),
+            stderr=tail.getvalue(),
+            duration=finished.duration,
+        )
+
     def close(self) -> None:
         return None
 
@@ -144,6 +207,47 @@ class WispDriver:
         if completed.returncode != 0:
             raise _call_error(op, completed)
         return completed
+
+
+class _Seen:
+    """Passes stdout on (or keeps it), noting whether any came."""
+
+    def __init__(self, sink: OutputSink | None) -> None:
+        self.sink = sink
+        self.any = False
+        self.kept = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.any = self.any or bool(data)
+        if self.sink is None:
+            self.kept += data
+        else:
+            self.sink.write(data)
+            flush = getattr(self.sink, "flush", None)
+            if flush is not None:
+                flush()
+
+    def getvalue(self) -> bytes:
+        return bytes(self.kept)
+
+
+class _Tail(_Seen):
+    """Passes stderr on (or keeps it), remembering its end."""
+
+    def __init__(self, sink: OutputSink | None) -> None:
+        super().__init__(sink)
+        self.tail = bytearray()
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.tail += data
+        del self.tail[:-_STDERR_TAIL]
+
+    def text(self) -> str:
+        return self.tail.decode("utf-8", "replace")
+
+    def lines(self) -> int:
+        return len([line for line in self.text().splitlines() if line.strip()])
 
 
 def memory_argument(size: int) -> str:

@@ -8,8 +8,10 @@ calls are safe.
 
 Calls: ``--version``, ``start <name> --memory <size> --cpus <n>``,
 ``list --json``, ``attach <name>``, ``kill <name>``, ``logs [<name>]``,
-``exec <name> -- <argv...>`` (prints ``exec in <name>: <argv>``, runs
-nothing). Anything else: ``unknown command '<x>'``, exit 1. Bad usage: exit 2.
+``exec <name> [--env K=V]... [--workdir D] [--user U] [--stdin] -- <argv...>``
+(prints ``exec in <name>: <argv>`` and runs nothing, unless the script says
+``"exec": "run"``). Anything else: ``unknown command '<x>'``, exit 1. Bad
+usage: exit 2.
 
 Environment
 -----------
@@ -75,8 +77,11 @@ attach, logs, exec; ``"*"`` matches any op or name)
     Succeed with nothing on stdout.
 ``"linger": <seconds>``
     A successful start leaves a child holding stdout/stderr open this long.
-``"exec": "echo" | "unsupported"`` and ``"exec_exit_code": 0``
-    ``unsupported`` answers ``unknown command 'exec'`` like an old wisp.
+``"exec": "echo" | "run" | "unsupported"`` and ``"exec_exit_code": 0``
+    ``unsupported`` answers ``unknown command 'exec'`` like an old wisp;
+    ``run`` really runs the argv on this host (the fake's sprites share its
+    filesystem) with ``--env`` added, in ``--workdir``, stdin passed only
+    with ``--stdin``; ``--user`` is recorded, not honoured.
 """
 
 from __future__ import annotations
@@ -450,13 +455,45 @@ def do_logs(state_path: str, args: list[str]) -> str:
 def do_exec(script: dict[str, Any], state_path: str, args: list[str]) -> tuple[str, int]:
     if script.get("exec") == "unsupported":
         raise Failure("unknown command 'exec'")
-    if len(args) < 3 or args[1] != "--":
-        raise Failure("usage: wisp exec <name> -- <argv...>", 2)
+    usage = "usage: wisp exec <name> [--env K=V]... [--workdir D] [--user U] [--stdin] -- <argv...>"
+    if "--" not in args or not args[0:1] or args.index("--") == len(args) - 1:
+        raise Failure(usage, 2)
+    cut = args.index("--")
+    options, argv = args[1:cut], args[cut + 1 :]
     name = check_name(args[0])
+    env: dict[str, str] = {}
+    workdir: str | None = None
+    stdin = False
+    while options:
+        option = options.pop(0)
+        if option == "--stdin":
+            stdin = True
+        elif option in ("--env", "--workdir", "--user") and options:
+            value = options.pop(0)
+            if option == "--env":
+                key, sep, text = value.partition("=")
+                if not sep or not key:
+                    raise Failure(usage, 2)
+                env[key] = text
+            elif option == "--workdir":
+                workdir = value
+        else:
+            raise Failure(usage, 2)
     sprite = known_sprite(state_path, name)
     if sprite["state"] != "running":
         raise Failure(f"sprite '{name}' is not running")
-    return f"exec in {name}: {shlex.join(args[2:])}\n", int(script.get("exec_exit_code", 0))
+    if script.get("exec") == "run":
+        sys.stdout.flush()
+        if not stdin:
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+        try:
+            if workdir:
+                os.chdir(workdir)
+            os.execvpe(argv[0], argv, {**os.environ, **env})
+        except OSError as exc:
+            raise Failure(f"cannot run {argv[0]}: {exc.strerror}", 125) from None
+    return f"exec in {name}: {shlex.join(argv)}\n", int(script.get("exec_exit_code", 0))
 
 
 def main(argv: list[str]) -> int:
@@ -523,8 +560,8 @@ def main(argv: list[str]) -> int:
     except Failure as failure:
         sys.stderr.write(failure.reason + "\n")
         sys.stderr.flush()
-        if failure.code == 2:
-            return 2
+        if failure.code in (2, 125):
+            return failure.code
         return int(script.get("exit_code", failure.code))
 
 

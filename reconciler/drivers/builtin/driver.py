@@ -2,6 +2,13 @@
 UTS, IPC and network namespaces, limited by cgroups, with a console kept by a
 small compiled supervisor (see ``native/sprite-helper.c``).
 
+Each sprite has its own root (the host's /usr read-only, a generated /etc,
+fresh /proc and /dev, private /tmp, /work and /home/sprite kept under
+``<state_dir>/builtin/files/<name>/``) and runs without capabilities, with
+no_new_privs, as uid 1000 ``sprite`` by default, inside a user namespace
+where the kernel allows it (ids 0-65535 inside are :data:`UID_BASE` and up on
+the host), with loopback-only networking unless ``network: host``.
+
 State is never cached: every call reads the records under
 ``<state_dir>/builtin/`` and checks them against /proc, so ``sprites`` and
 ``sprites-wisp`` (or two engines) see the same sprites.
@@ -16,7 +23,7 @@ import fcntl
 import json
 import os
 import pathlib
-import pwd
+import posixpath
 import select
 import shutil
 import signal
@@ -28,13 +35,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler import errors
-from reconciler.drivers import base
+from reconciler.drivers import base, execio
 from reconciler.drivers.builtin import cgroups, helper, records
 from reconciler.models import observed, units
 
 NAMESPACES = ("pid", "mnt", "uts", "ipc", "net")
 DEFAULT_COMMAND = ("/bin/sh",)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_WORKDIR = "/work"
+#: Host uid and gid of id 0 inside a sprite's user namespace; 0-65535 are mapped.
+UID_BASE = 1 << 30
+ID_RANGE = 65536
+#: The users every sprite's /etc/passwd knows: name -> (uid, gid, home).
+SPRITE_USERS = {
+    "root": (0, 0, "/root"),
+    "sprite": (1000, 1000, "/home/sprite"),
+    "nobody": (65534, 65534, "/nonexistent"),
+}
+SPRITE_GROUPS = {"root": 0, "tty": 5, "sprite": 1000, "nogroup": 65534, "nobody": 65534}
+DEFAULT_USER = "sprite"
+#: Paths a manifest mount may not cover (exactly), and trees it may not enter.
+RESERVED_TARGETS = frozenset(
+    {"/", "/etc", "/home", "/tmp", "/usr", "/proc", "/dev", "/bin", "/sbin"}
+    | {"/lib", "/lib32", "/lib64", "/libx32"}
+)
+RESERVED_TREES = ("/proc", "/dev", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+MAX_MOUNTS = 32
 SUPERVISOR_EXIT_WAIT = 2.0
 KILL_WAIT = 5.0
 MAX_PIDS = 1 << 22
@@ -90,15 +116,42 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def userns_mode() -> int:
+    """How this host puts sprites in a user namespace: 2 (root: entered after
+    the sprite's setup, ids 0-65535 mapped to :data:`UID_BASE`), 1 (not root:
+    made with the sprite, root inside is the caller) or 0 (none: user
+    namespaces are disabled; root inside is root, without capabilities)."""
+    if os.geteuid() != 0:
+        return 1
+    limit = _read_sysctl("/proc/sys/user/max_user_namespaces")
+    return 2 if limit is not None and limit.isdigit() and int(limit) > 0 else 0
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path bound into the sprite."""
+
+    source: str  # resolved on the host, no symlinks
+    target: str
+    read_only: bool = True
+
+    def to_json(self) -> dict[str, object]:
+        return {"source": self.source, "target": self.target, "readOnly": self.read_only}
+
+
 @dataclass(frozen=True)
 class _Settings:
     """A start request checked and turned into what the helper needs."""
 
     command: tuple[str, ...]
     env: dict[str, str]
-    workdir: str | None
-    user: str | None  # "uid:gid"
+    workdir: str
+    user: str  # "uid:gid" inside the sprite
     pids: int
+    network: str  # "none" | "host"
+    mounts: tuple[Mount, ...]
+    keep: bool
+    userns: int
 
 
 @dataclass(frozen=True)
@@ -228,6 +281,81 @@ def _ended(record: _Record) -> tuple[str, str]:
     return "error", "the sprite ended without recording an exit status"
 
 
+def resolve_user(spec: object, mode: int, *, op: str) -> tuple[str, str]:
+    """("uid:gid", home) inside the sprite for a ``user`` setting: a name the
+    sprite's /etc/passwd knows (root, sprite, nobody), or ``uid[:gid]`` with
+    ids below 65536, or None for the default (sprite; root where the runtime
+    can map only one id, ``mode`` 1)."""
+    if spec is None:
+        spec = "root" if mode == 1 else DEFAULT_USER
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = str(spec)
+    if not isinstance(spec, str) or not spec:
+        raise errors.RuntimeCallError(op, f"invalid user {spec!r}")
+    user_part, colon, group_part = spec.partition(":")
+    if user_part in SPRITE_USERS:
+        uid, gid, home = SPRITE_USERS[user_part]
+    elif user_part.isdigit():
+        uid = int(user_part)
+        known = [entry for entry in SPRITE_USERS.values() if entry[0] == uid]
+        gid, home = (known[0][1], known[0][2]) if known else (uid, "/")
+    else:
+        raise errors.RuntimeCallError(
+            op, f"unknown user {spec!r}: expected root, sprite, nobody or uid[:gid]"
+        )
+    if colon:
+        if group_part in SPRITE_GROUPS:
+            gid = SPRITE_GROUPS[group_part]
+        elif group_part.isdigit():
+            gid = int(group_part)
+        else:
+            raise errors.RuntimeCallError(op, f"unknown group in user {spec!r}")
+    if uid >= ID_RANGE or gid >= ID_RANGE:
+        raise errors.RuntimeCallError(op, f"invalid user {spec!r}: ids go up to {ID_RANGE - 1}")
+    if mode == 1 and (uid, gid) != (0, 0):
+        raise errors.RuntimeCallError(
+            op,
+            f"cannot run as {spec!r}: without root the runtime maps only root inside a sprite",
+        )
+    return f"{uid}:{gid}", home
+
+
+def login_name(spec: str) -> str:
+    """The name of ``uid:gid``'s user in the sprite's /etc/passwd, else the uid."""
+    uid = int(spec.split(":")[0])
+    return next((key for key, entry in SPRITE_USERS.items() if entry[0] == uid), str(uid))
+
+
+def target_problem(target: object) -> str | None:
+    """Why ``target`` cannot be a mount point in a sprite, or None."""
+    if not isinstance(target, str) or not target.startswith("/") or "\0" in target:
+        return "expected an absolute path"
+    if posixpath.normpath(target) != target or target.startswith("//"):
+        return f"expected a normalized path ({posixpath.normpath(target)})"
+    if target in RESERVED_TARGETS or any(target.startswith(t + "/") for t in RESERVED_TREES):
+        return "it would cover one of the sprite's own mounts"
+    return None
+
+
+def _remove_tree(path: pathlib.Path) -> None:
+    """Remove a tree the sprite wrote, whatever modes it left (symlinks are
+    removed, never followed)."""
+
+    def retry(function: Any, failed: str, info: Any) -> None:
+        parent = os.path.dirname(failed)
+        try:
+            os.chmod(parent, 0o700)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, 0o700)
+                shutil.rmtree(failed, ignore_errors=True)
+            else:
+                os.unlink(failed)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=retry)
+
+
 class BuiltinDriver:
     """Runs sprites on this host; see the module docstring. Thread-safe: it
     keeps no state between calls besides configuration."""
@@ -250,6 +378,8 @@ class BuiltinDriver:
         self._hierarchy: cgroups.Hierarchy | None = None
         self._hierarchy_known = False
         self._layout_ready = False
+        #: How sprites get a user namespace here (see :func:`userns_mode`).
+        self.userns = userns_mode()
 
     # ------------------------------------------------------------- protocol
 
@@ -291,6 +421,7 @@ class BuiltinDriver:
             available = records.mem_available()
             if available is not None and request.memory > available:
                 raise errors.RuntimeCallError("start", "insufficient memory")
+            self._make_files(name, settings)
             groups = self._make_cgroups(name, request, settings)
             if groups is not None:
                 records.write_json(dir_fd, "limits", groups.to_json())
@@ -298,7 +429,7 @@ class BuiltinDriver:
                 helper_bin, dir_fd, name, sprite_id, socket_path, request.memory, groups, settings
             )
         except BaseException:
-            self._discard(name, sprite_id, groups)
+            self._discard(name, sprite_id, groups, keep_files=settings.keep)
             os.close(dir_fd)
             raise
         os.close(dir_fd)
@@ -326,6 +457,8 @@ class BuiltinDriver:
             if record:
                 self._unlink_socket(record.socket)
             self._remove_records(name, path)
+            if not (record and record.request.get("keep")):
+                self._remove_files(name)
         shown = pid if pid is not None else "unknown"
         records.append_line(
             self.layout.runtime_log,
@@ -393,10 +526,60 @@ class BuiltinDriver:
     # ------------------------------------------------------------ extension
 
     def exec(
-        self, name: str, argv: Sequence[str], *, timeout: float | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        stdin: base.ExecInput = None,
+        stdout: base.OutputSink | None = None,
+        stderr: base.OutputSink | None = None,
     ) -> base.ExecResult:
-        """Run ``argv`` inside a running sprite (its namespaces, cgroups and
-        environment), with stdin closed; the exit code is the command's."""
+        """Run ``argv`` inside a running sprite: its namespaces, root,
+        cgroups and environment, as its user (or ``user``) in its workdir (or
+        ``workdir``), without capabilities; the exit code is the command's."""
+        limit = self.timeout if timeout is None else timeout
+        err_r, err_w = os.pipe()
+        try:
+            helper_argv = self.exec_argv(name, argv, err_w, env=env, workdir=workdir, user=user)
+            finished = execio.run(
+                helper_argv,
+                op="exec",
+                timeout=limit,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=(err_w,),
+            )
+        finally:
+            os.close(err_w)
+            failure = self._drain(err_r).strip()
+            os.close(err_r)
+        if failure:
+            raise errors.RuntimeCallError("exec", failure.splitlines()[0])
+        return base.ExecResult(
+            exit_code=finished.returncode,
+            stdout=finished.stdout,
+            stderr=finished.stderr,
+            duration=finished.duration,
+        )
+
+    def exec_argv(
+        self,
+        name: str,
+        argv: Sequence[str],
+        error_fd: int | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+    ) -> builtins.list[str]:
+        """The helper argv that runs ``argv`` in sprite ``name`` with the caller's
+        stdin, stdout and stderr (for a pass-through ``exec``). Setup failures
+        are one line on ``error_fd``, else on stderr with exit status 125."""
         self._check_name("exec", name)
         if not argv or any(not isinstance(a, str) or "\0" in a for a in argv):
             raise errors.RuntimeCallError("exec", "exec needs a command (strings without NUL)")
@@ -405,59 +588,7 @@ class BuiltinDriver:
             raise errors.SpriteNotFoundError("exec", f"sprite '{name}' not found")
         if not record.init_alive:
             raise errors.RuntimeCallError("exec", f"sprite '{name}' is not running")
-        limit = self.timeout if timeout is None else timeout
-        err_r, err_w = os.pipe()
-        started = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                self._exec_argv(record, err_w, argv),
-                pass_fds=(err_w,),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd="/",
-            )
-        except OSError as exc:
-            os.close(err_r)
-            raise errors.RuntimeCallError("exec", f"cannot run the sprite helper: {exc}") from exc
-        finally:
-            os.close(err_w)
-        try:
-            try:
-                out, err = proc.communicate(timeout=limit)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.communicate(timeout=self.grace)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.communicate()
-                raise errors.RuntimeTimeoutError("exec", limit) from None
-            failure = self._drain(err_r).strip()
-        finally:
-            os.close(err_r)
-        if failure:
-            raise errors.RuntimeCallError("exec", failure.splitlines()[0])
-        return base.ExecResult(
-            exit_code=proc.returncode,
-            stdout=out,
-            stderr=err,
-            duration=time.monotonic() - started,
-        )
-
-    def exec_argv(
-        self, name: str, argv: Sequence[str], error_fd: int | None = None
-    ) -> builtins.list[str]:
-        """The helper argv that runs ``argv`` in sprite ``name`` with the caller's
-        stdout and stderr (for a pass-through ``exec``). Setup failures are one
-        line on ``error_fd``, else on stderr with exit status 125."""
-        self._check_name("exec", name)
-        record = self._load(name)
-        if record is None:
-            raise errors.SpriteNotFoundError("exec", f"sprite '{name}' not found")
-        if not record.init_alive:
-            raise errors.RuntimeCallError("exec", f"sprite '{name}' is not running")
-        return self._exec_argv(record, error_fd, argv)
+        return self._exec_argv(record, error_fd, argv, env=env, workdir=workdir, user=user)
 
     # ------------------------------------------------------------ internals
 
@@ -500,18 +631,26 @@ class BuiltinDriver:
         if any(not isinstance(arg, str) or "\0" in arg for arg in command):
             raise bad("the command must be strings without NUL bytes")
         options = request.options
-        workdir = options.get("workdir")
-        if workdir is not None and (
-            not isinstance(workdir, str) or not workdir.startswith("/") or "\0" in workdir
-        ):
+        workdir = options.get("workdir") or DEFAULT_WORKDIR
+        if not isinstance(workdir, str) or not workdir.startswith("/") or "\0" in workdir:
             raise bad(f"invalid workdir {workdir!r}: expected an absolute path")
         pids = options.get("pids", cgroups.DEFAULT_PIDS)
         if isinstance(pids, bool) or not isinstance(pids, int) or not 1 <= pids <= MAX_PIDS:
             raise bad(f"invalid pids {pids!r}: expected a positive integer")
-        user, home = self._resolve_user(options.get("user"))
+        network = options.get("network") or "none"
+        if network not in ("none", "host"):
+            raise bad(f"invalid network {network!r}: expected none or host")
+        keep = options.get("keep") or False
+        if not isinstance(keep, bool):
+            raise bad(f"invalid keep {keep!r}: expected true or false")
+        mode = self.userns
+        user, home = resolve_user(options.get("user"), mode, op="start")
+        mounts = self._mounts(options.get("mounts"))
         env = {
             "PATH": DEFAULT_PATH,
             "HOME": home,
+            "USER": login_name(user),
+            "LOGNAME": login_name(user),
             "TERM": "xterm-256color",
             "HOSTNAME": request.name,
             "LANG": "C.UTF-8",
@@ -522,42 +661,108 @@ class BuiltinDriver:
             if not isinstance(value, str) or "\0" in value:
                 raise bad(f"invalid value for environment variable {key}")
             env[key] = value
-        return _Settings(command=command, env=env, workdir=workdir, user=user, pids=pids)
+        return _Settings(
+            command=command,
+            env=env,
+            workdir=workdir,
+            user=user,
+            pids=pids,
+            network=str(network),
+            mounts=mounts,
+            keep=keep,
+            userns=mode,
+        )
 
-    @staticmethod
-    def _resolve_user(spec: object) -> tuple[str | None, str]:
-        """("uid:gid" or None, home directory) for the ``user`` option."""
-        if spec is None:
-            try:
-                return None, pwd.getpwuid(os.geteuid()).pw_dir
-            except KeyError:
-                return None, "/"
-        if isinstance(spec, int) and not isinstance(spec, bool) and spec >= 0:
-            spec = str(spec)
-        if not isinstance(spec, str) or not spec:
-            raise errors.RuntimeCallError("start", f"invalid user {spec!r}")
-        user_part, _, group_part = spec.partition(":")
+    def _mounts(self, spec: object) -> tuple[Mount, ...]:
+        """The manifest's mounts, checked: sources absolute, existing and
+        resolved (no symlink left to swap), outside the runtime's own state;
+        targets absolute, normalized, unique and clear of the sprite's
+        essential paths."""
+
+        def bad(reason: str) -> errors.RuntimeCallError:
+            return errors.RuntimeCallError("start", reason)
+
+        if not spec:
+            return ()
+        if not isinstance(spec, (list, tuple)) or len(spec) > MAX_MOUNTS:
+            raise bad(f"invalid mounts: expected a list of at most {MAX_MOUNTS} mounts")
+        own = os.path.realpath(self.layout.root)
+        mounts: builtins.list[Mount] = []
+        for index, item in enumerate(spec):
+            if not isinstance(item, Mapping):
+                raise bad(f"invalid mounts[{index}]: expected {{source, target, readOnly}}")
+            source, target = item.get("source"), item.get("target")
+            read_only = item.get("readOnly", True)
+            if not isinstance(read_only, bool):
+                raise bad(f"invalid mounts[{index}].readOnly {read_only!r}: expected true or false")
+            problem = target_problem(target)
+            if problem:
+                raise bad(f"invalid mount target {target!r}: {problem}")
+            assert isinstance(target, str)
+            if not isinstance(source, str) or not source.startswith("/") or "\0" in source:
+                raise bad(f"invalid mount source {source!r}: expected an absolute path")
+            resolved = os.path.realpath(source)
+            if not os.path.exists(resolved):
+                raise bad(f"mount source {source} does not exist")
+            if resolved == own or resolved.startswith(own + "/") or own.startswith(resolved + "/"):
+                raise bad(f"mount source {source} holds the runtime's own state")
+            if any(m.target == target for m in mounts):
+                raise bad(f"mount target {target} is given twice")
+            mounts.append(Mount(resolved, target, read_only))
+        return tuple(mounts)
+
+    def host_id(self, inside: int, mode: int | None = None) -> int:
+        """The host uid (or gid) of id ``inside`` in a sprite."""
+        mode = self.userns if mode is None else mode
+        if mode == 2:
+            return UID_BASE + inside
+        if mode == 1:
+            return os.geteuid()
+        return inside
+
+    def _make_files(self, name: str, settings: _Settings) -> None:
+        """The sprite's writable /tmp, /work and /home/sprite, under the
+        state dir; kept ones (``keep: true``) are used again as they are."""
+        base_dir = self.layout.files / name
         try:
-            if user_part.isdigit():
-                uid = int(user_part)
+            records.make_private_dir(self.layout.files)
+            records.make_private_dir(base_dir)
+            uid, gid = (int(part) for part in settings.user.split(":"))
+            sprite_uid, sprite_gid, _ = SPRITE_USERS["sprite"]
+            for sub, mode, owner in (
+                ("tmp", 0o1777, (0, 0)),
+                ("work", 0o755, (uid, gid)),
+                ("home", 0o755, (sprite_uid, sprite_gid)),
+            ):
+                path = base_dir / sub
                 try:
-                    entry = pwd.getpwuid(uid)
-                    gid, home = entry.pw_gid, entry.pw_dir
-                except KeyError:
-                    gid, home = uid, "/"
-            else:
-                entry = pwd.getpwnam(user_part)
-                uid, gid, home = entry.pw_uid, entry.pw_gid, entry.pw_dir
-            if group_part:
-                if group_part.isdigit():
-                    gid = int(group_part)
-                else:
-                    import grp
+                    os.mkdir(path)
+                except FileExistsError:
+                    if not path.is_dir() or path.is_symlink():
+                        raise records.UnsafePathError(f"{path} is not a directory") from None
+                    continue
+                os.chmod(path, mode)
+                if settings.userns != 1:
+                    os.chown(
+                        path,
+                        self.host_id(owner[0], settings.userns),
+                        self.host_id(owner[1], settings.userns),
+                    )
+        except records.UnsafePathError as exc:
+            raise errors.RuntimeCallError("start", str(exc)) from exc
+        except OSError as exc:
+            raise errors.RuntimeCallError("start", self._os_reason(exc)) from exc
 
-                    gid = grp.getgrnam(group_part).gr_gid
-        except KeyError as exc:
-            raise errors.RuntimeCallError("start", f"unknown user {spec!r}") from exc
-        return f"{uid}:{gid}", home
+    def _remove_files(self, name: str) -> None:
+        path = self.layout.files / name
+        trash = self.layout.trash / f"files-{name}.{os.urandom(4).hex()}"
+        try:
+            os.rename(path, trash)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError:
+            trash = path
+        _remove_tree(trash)
 
     def _reserve(
         self,
@@ -584,6 +789,7 @@ class BuiltinDriver:
             raise errors.RuntimeCallError("start", self._os_reason(exc)) from exc
         try:
             fcntl.flock(dir_fd, fcntl.LOCK_EX)
+            os.mkdir("root", 0o700, dir_fd=dir_fd)
             records.write_json(
                 dir_fd,
                 "request",
@@ -596,7 +802,11 @@ class BuiltinDriver:
                     "command": list(settings.command),
                     "workdir": settings.workdir,
                     "user": settings.user,
-                    "userns": os.geteuid() != 0,
+                    "userns": settings.userns,
+                    "uid_base": UID_BASE if settings.userns == 2 else None,
+                    "network": settings.network,
+                    "mounts": [mount.to_json() for mount in settings.mounts],
+                    "keep": settings.keep,
                     "socket": socket_path,
                     "created_at": time.time(),
                 },
@@ -664,17 +874,28 @@ class BuiltinDriver:
             "--ready-fd",
             str(ready_w),
             "--userns",
-            "1" if os.geteuid() != 0 else "0",
+            str(settings.userns),
+            "--root",
+            str(self.layout.sprite(name) / "root"),
+            "--files",
+            str(self.layout.files / name),
+            "--network",
+            settings.network,
+            "--workdir",
+            settings.workdir,
+            "--user",
+            settings.user,
         ]
+        if settings.userns == 2:
+            argv += ["--uid-base", str(UID_BASE)]
         if groups is not None:
             for path in groups.dirs:
                 argv += ["--cgroup", path]
             argv += ["--oom-file", groups.oom_file]
         argv += ["--limit-text", units.format_size(memory)]
-        if settings.workdir:
-            argv += ["--workdir", settings.workdir]
-        if settings.user:
-            argv += ["--user", settings.user]
+        for mount in settings.mounts:
+            argv += ["--mount-source", mount.source, "--mount-target", mount.target]
+            argv += ["--mount-rw", "0" if mount.read_only else "1"]
         argv += ["--", *settings.command]
         try:
             proc = subprocess.Popen(
@@ -745,12 +966,21 @@ class BuiltinDriver:
                 finally:
                     os.close(fd)
 
-    def _discard(self, name: str, sprite_id: str, groups: cgroups.SpriteCgroups | None) -> None:
+    def _discard(
+        self,
+        name: str,
+        sprite_id: str,
+        groups: cgroups.SpriteCgroups | None,
+        *,
+        keep_files: bool = False,
+    ) -> None:
         """Undo a failed start (the caller still holds the record's lock)."""
         if groups is not None:
             cgroups.remove(groups, timeout=KILL_WAIT)
         self._unlink_socket(str(self.layout.socket(sprite_id)))
         self._remove_records(name, self.layout.sprite(name))
+        if not keep_files:
+            self._remove_files(name)
 
     def _remove_records(self, name: str, path: pathlib.Path) -> None:
         trash = self.layout.trash / f"{name}.{os.urandom(4).hex()}"
@@ -954,9 +1184,17 @@ class BuiltinDriver:
             return handle.read().decode("utf-8", "replace")
 
     def _exec_argv(
-        self, record: _Record, error_fd: int | None, argv: Sequence[str]
+        self,
+        record: _Record,
+        error_fd: int | None,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
     ) -> builtins.list[str]:
         helper_bin = self._helper("exec")
+        mode = int(record.request.get("userns") or 0)
         args = [
             helper_bin,
             "exec",
@@ -967,19 +1205,45 @@ class BuiltinDriver:
             "--start",
             str(record.init_start),
             "--userns",
-            "1" if record.request.get("userns") else "0",
+            str(mode),
+            "--network",
+            str(record.request.get("network") or "none"),
         ]
         if error_fd is not None:
             args += ["--error-fd", str(error_fd)]
         if record.limits is not None:
             for path in record.limits.dirs:
                 args += ["--cgroup", path]
-        workdir = record.request.get("workdir")
-        if isinstance(workdir, str) and workdir:
+        if workdir is not None:
+            if not isinstance(workdir, str) or not workdir.startswith("/") or "\0" in workdir:
+                raise errors.RuntimeCallError(
+                    "exec", f"invalid workdir {workdir!r}: expected an absolute path"
+                )
+        else:
+            recorded = record.request.get("workdir")
+            workdir = recorded if isinstance(recorded, str) and recorded else None
+        if workdir:
             args += ["--workdir", workdir]
-        user = record.request.get("user")
-        if isinstance(user, str) and user:
-            args += ["--user", user]
+        extra: dict[str, str] = {}
+        if user is not None:
+            spec, home = resolve_user(user, mode, op="exec")
+            args += ["--user", spec]
+            login = login_name(spec)
+            extra.update(HOME=home, USER=login, LOGNAME=login)
+        else:
+            recorded = record.request.get("user")
+            if isinstance(recorded, str) and recorded:
+                args += ["--user", recorded]
+        for key, value in (env or {}).items():
+            if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+                raise errors.RuntimeCallError("exec", f"invalid environment variable name {key!r}")
+            if not isinstance(value, str) or "\0" in value:
+                raise errors.RuntimeCallError(
+                    "exec", f"invalid value for environment variable {key}"
+                )
+            extra[key] = value
+        for key, value in extra.items():
+            args += ["--env", f"{key}={value}"]
         return [*args, "--", *argv]
 
     @staticmethod

@@ -9,8 +9,10 @@ Layout under ``<state_dir>/builtin/`` (directories 0700, files 0600)::
         exit          key=value: how the sprite ended (init or supervisor)
         log           the supervisor's log lines
         console       ring of recent console output
+        root/         where the sprite's root is built (in its own mount namespace)
+    files/<name>/     the sprite's tmp, work and home (kept after kill with ``keep``)
     run/<id>.sock     console sockets (kept short for sun_path)
-    trash/            records being removed
+    trash/            records and files being removed
     runtime.log       start/kill lines of the runtime itself
 """
 
@@ -79,6 +81,10 @@ class Layout:
     @property
     def trash(self) -> pathlib.Path:
         return self.root / "trash"
+
+    @property
+    def files(self) -> pathlib.Path:
+        return self.root / "files"
 
     @property
     def runtime_log(self) -> pathlib.Path:

@@ -3,8 +3,10 @@
 ``exec``), so either can stand in for the other.
 
 It stays light (argparse, no pydantic, yaml or click) and never reads stdin
-except for an interactive attach, when stdin is a terminal. Success exits 0;
-a failure exits non-zero with a one-line reason on stderr.
+except for an interactive attach, when stdin is a terminal, and
+``exec --stdin``, whose command gets it. Success exits 0; a failure exits
+non-zero with a one-line reason on stderr (``exec`` exits with its command's
+status, 125 when the command could not be run).
 
 Environment: ``SPRITES_STATE_DIR`` (default
 ``${XDG_STATE_HOME:-~/.local/state}/sprites``), ``SPRITES_TIMEOUT`` (seconds,
@@ -86,6 +88,16 @@ def _parser() -> _Parser:
 
     run = sub.add_parser("exec", help="run a command inside a sprite: exec NAME -- COMMAND...")
     run.add_argument("name")
+    run.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="set a variable"
+    )
+    run.add_argument("--workdir", help="directory the command runs in")
+    run.add_argument("--user", help="user inside the sprite: root, sprite, nobody or uid[:gid]")
+    run.add_argument(
+        "--stdin",
+        action="store_true",
+        help="pass this stdin to the command (else it reads nothing)",
+    )
     return parser
 
 
@@ -102,12 +114,7 @@ def _start(args: argparse.Namespace, command: tuple[str, ...]) -> int:
         cpus = units.parse_cpus(args.cpus)
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
-    env: dict[str, str] = {}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise _UsageError(f"invalid --env {item!r}: expected KEY=VALUE")
-        env[key] = value
+    env = _env(args.env)
     options: dict[str, object] = {}
     if args.workdir:
         options["workdir"] = args.workdir
@@ -144,17 +151,30 @@ def _exec(args: argparse.Namespace, argv: tuple[str, ...]) -> int:
     _check_name(args.name)
     if not argv:
         raise _UsageError("exec needs a command: exec <name> -- COMMAND...")
-    helper_argv = _make_driver().exec_argv(args.name, argv)
+    helper_argv = _make_driver().exec_argv(
+        args.name, argv, env=_env(args.env), workdir=args.workdir, user=args.user
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     # The helper takes this process's place: the command's output and exit
     # status pass straight through, and signals reach it directly.
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
+    if not args.stdin:
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
     os.chdir("/")
     os.execv(helper_argv[0], helper_argv)
     return 127  # not reached
+
+
+def _env(items: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _UsageError(f"invalid --env {item!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
 
 
 def _run(argv: Sequence[str]) -> int:

@@ -8,14 +8,25 @@
  *
  * start: the launched process prepares the console (a pty, a ring file of
  * recent output, a unix socket), forks the supervisor and exits. The
- * supervisor clones the init into new PID, mount, UTS, IPC and network
- * namespaces. The init joins the sprite's cgroups, mounts a fresh /proc, sets
- * the hostname, brings loopback up and runs COMMAND on the console as a
- * session leader; it reaps every process of the sprite, turns SIGTERM into
- * SIGTERM for everyone plus a console hangup, and exits as soon as its
- * children are gone. The supervisor holds the pty master, copies console
- * output into the ring and to attached clients, feeds client input to the
- * console, and records how the sprite ended.
+ * supervisor clones the init into new PID, mount, UTS, IPC and (unless
+ * --network host) network namespaces. The init joins the sprite's cgroups,
+ * builds the sprite's own root with --root (see setup_root: host /usr
+ * read-only, a generated /etc, fresh /proc and /dev, private /tmp, /work and
+ * /home/sprite from --files, the --mount binds) and pivots into it, sets the
+ * hostname, brings loopback up, moves into a user namespace (--userns 2: the
+ * supervisor maps 0-65535 inside to --uid-base on the host; --userns 1: the
+ * namespace was made with the clone and maps root to the caller), forbids
+ * nested user namespaces, and runs COMMAND on the console as a session leader
+ * with --user's ids, no capabilities (empty bounding set) and no_new_privs;
+ * it reaps every process of the sprite, turns SIGTERM into SIGTERM for
+ * everyone plus a console hangup, and exits as soon as its children are gone.
+ * The supervisor holds the pty master, copies console output into the ring
+ * and to attached clients, feeds client input to the console, and records how
+ * the sprite ended.
+ *
+ * exec: joins the sprite's cgroups and namespaces (user namespace last with
+ * --userns 2), then forks COMMAND with the same privilege drop as the
+ * sprite's own command; stdin, stdout and stderr are the caller's.
  *
  * The caller hears one line on --ready-fd: "ok" from the init once COMMAND
  * has been executed (the supervisor has recorded the pids by then), or
@@ -49,13 +60,16 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/capability.h>
 
 #ifndef TIOCGPTPEER
 #define TIOCGPTPEER _IO('T', 0x41)
@@ -66,6 +80,9 @@
 #define RING_HEADER 16u
 #define MAX_CLIENTS 8
 #define MAX_CGROUPS 8
+#define MAX_MOUNTS 32
+#define MAX_ENV 4096
+#define USERNS_RANGE 65536u
 
 struct ring_header {
     char magic[4];
@@ -77,7 +94,14 @@ static const char *g_name, *g_id, *g_socket, *g_oom_file, *g_limit_text, *g_work
 static const char *g_user;
 static const char *g_cgroups[MAX_CGROUPS];
 static int g_ncgroups;
+/* 0: no user namespace; 1: made with the clone (root maps to the caller);
+ * 2: entered by the init after its setup (0-65535 map to g_uid_base). */
 static int g_userns;
+static unsigned long g_uid_base;
+static int g_netns = 1;
+static const char *g_root, *g_files;
+static const char *g_mount_src[MAX_MOUNTS], *g_mount_dst[MAX_MOUNTS];
+static int g_mount_rw[MAX_MOUNTS], g_mount_fds[MAX_MOUNTS], g_nmounts;
 static char **g_argv;
 
 static int g_lock_fd = -1, g_ready = -1, g_dirfd = -1, g_log = -1;
@@ -473,9 +497,57 @@ static int parse_user(const char *spec, uid_t *uid, gid_t *gid)
     return 0;
 }
 
+/* Take the command's identity (uid:gid, or keep ours when NULL) and give up
+ * every privilege for good: an empty capability bounding set, no ambient,
+ * permitted or effective capabilities, and no_new_privs, so neither root
+ * inside nor a setuid file can gain any. -1 with the reason in why. */
+static int drop_privileges(const char *user, char *why, size_t whylen)
+{
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    uid_t uid = 0;
+    gid_t gid = 0;
+
+    if (user && parse_user(user, &uid, &gid) < 0) {
+        snprintf(why, whylen, "invalid user %s", user);
+        return -1;
+    }
+    for (int cap = 0; cap < 64; cap++) {
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+            if (errno == EINVAL)
+                break;
+            snprintf(why, whylen, "cannot drop capabilities: %s", reason_for(errno));
+            return -1;
+        }
+    }
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    if (user) {
+        /* A namespace mapped by an unprivileged caller denies setgroups. */
+        if (setgroups(0, NULL) < 0 && !(errno == EPERM && g_userns == 1)) {
+            snprintf(why, whylen, "cannot switch to user %s: %s", user, reason_for(errno));
+            return -1;
+        }
+        if (setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0) {
+            snprintf(why, whylen, "cannot switch to user %s: %s", user, reason_for(errno));
+            return -1;
+        }
+    }
+    memset(data, 0, sizeof data);
+    if (syscall(SYS_capset, &header, data) < 0) {
+        snprintf(why, whylen, "cannot drop capabilities: %s", reason_for(errno));
+        return -1;
+    }
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+        snprintf(why, whylen, "cannot set no_new_privs: %s", reason_for(errno));
+        return -1;
+    }
+    return 0;
+}
+
 static void __attribute__((noreturn)) command_child(int exec_w)
 {
     sigset_t none;
+    char why[256];
 
     setsid();
     ioctl(g_slave, TIOCSCTTY, 0);
@@ -487,18 +559,13 @@ static void __attribute__((noreturn)) command_child(int exec_w)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGPIPE, SIG_DFL);
+    if (drop_privileges(g_user, why, sizeof why) < 0) {
+        init_report(exec_w, "%s", why);
+        _exit(127);
+    }
     if (chdir(g_workdir ? g_workdir : "/") < 0) {
         init_report(exec_w, "cannot enter workdir %s: %s", g_workdir, strerror(errno));
         _exit(127);
-    }
-    if (g_user) {
-        uid_t uid;
-        gid_t gid;
-        if (parse_user(g_user, &uid, &gid) < 0 || setgroups(0, NULL) < 0 || setgid(gid) < 0 ||
-            setuid(uid) < 0) {
-            init_report(exec_w, "cannot switch to user %s: %s", g_user, reason_for(errno));
-            _exit(127);
-        }
     }
     execvp(g_argv[0], g_argv);
     init_report(exec_w, "cannot run %s: %s", g_argv[0], strerror(errno));
@@ -522,22 +589,314 @@ static void __attribute__((noreturn)) init_fail(const char *fmt, ...)
     _exit(127);
 }
 
-/* The supervisor's go: sent once the sprite is recorded (and, in a user
- * namespace, once our ids are mapped). */
-static void wait_go(int go_r)
+/* One byte from the supervisor on the setup channel. */
+static void wait_byte(int fd, char expected)
 {
-    char c;
+    char c = 0;
     ssize_t n;
 
     do {
-        n = read(go_r, &c, 1);
+        n = read(fd, &c, 1);
     } while (n < 0 && errno == EINTR);
-    if (n != 1)
+    if (n != 1 || c != expected)
         init_fail("the supervisor ended during setup");
-    close(go_r);
 }
 
-static void __attribute__((noreturn)) run_init(int go_r)
+/* ------------------------------------------------------------- sprite root */
+
+/* Remount a bind mount with nosuid and nodev (and read-only when asked),
+ * keeping the flags a user namespace locks. */
+static int remount_bind(const char *path, int readonly)
+{
+    struct statvfs sv;
+    unsigned long flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV;
+
+    if (statvfs(path, &sv) == 0) {
+        if (sv.f_flag & ST_NOEXEC)
+            flags |= MS_NOEXEC;
+        if (sv.f_flag & ST_NOATIME)
+            flags |= MS_NOATIME;
+        if (sv.f_flag & ST_NODIRATIME)
+            flags |= MS_NODIRATIME;
+        if (sv.f_flag & ST_RELATIME)
+            flags |= MS_RELATIME;
+        if (sv.f_flag & ST_RDONLY)
+            flags |= MS_RDONLY;
+    }
+    if (readonly)
+        flags |= MS_RDONLY;
+    return mount(NULL, path, NULL, flags, NULL);
+}
+
+static void make_dir(const char *path, mode_t mode)
+{
+    if (mkdir(path, mode) < 0 && errno != EEXIST)
+        init_fail("cannot create /%s in the sprite: %s", path, strerror(errno));
+}
+
+static void make_file(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0)
+        init_fail("cannot create /%s in the sprite: %s", path, strerror(errno));
+    close(fd);
+}
+
+/* Bind src (a host path, or /proc/self/fd/N) on dst inside the new root. */
+static void bind_path(const char *src, const char *dst, int is_dir, int readonly)
+{
+    if (is_dir)
+        make_dir(dst, 0755);
+    else
+        make_file(dst);
+    if (mount(src, dst, NULL, MS_BIND, NULL) < 0 || remount_bind(dst, readonly) < 0)
+        init_fail("cannot mount %s on /%s: %s", src, dst, reason_for(errno));
+}
+
+static void write_file(const char *path, const char *content, mode_t mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+    if (fd < 0)
+        init_fail("cannot write /%s in the sprite: %s", path, strerror(errno));
+    write_all(fd, content, strlen(content));
+    fchmod(fd, mode);
+    close(fd);
+}
+
+static void make_device(const char *name, unsigned int major_no, unsigned int minor_no)
+{
+    char dst[64], src[64];
+
+    snprintf(dst, sizeof dst, "dev/%s", name);
+    if (mknod(dst, S_IFCHR | 0666, makedev(major_no, minor_no)) == 0) {
+        chmod(dst, 0666);
+        return;
+    }
+    if (errno != EPERM)
+        init_fail("cannot create /%s in the sprite: %s", dst, strerror(errno));
+    /* No mknod in a user namespace: bind the host's node instead. */
+    snprintf(src, sizeof src, "/dev/%s", name);
+    make_file(dst);
+    if (mount(src, dst, NULL, MS_BIND, NULL) < 0)
+        init_fail("cannot mount %s in the sprite: %s", src, reason_for(errno));
+}
+
+/* A --mount source, opened by its resolved path with no symlink on the way. */
+static int open_source(const char *path)
+{
+#ifdef SYS_openat2
+    struct {
+        uint64_t flags, mode, resolve;
+    } how = {O_PATH | O_CLOEXEC, 0, 0x04 /* RESOLVE_NO_SYMLINKS */ | 0x02 /* NO_MAGICLINKS */};
+    int fd = (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+    if (fd >= 0 || errno != ENOSYS)
+        return fd;
+#endif
+    return open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+}
+
+/* Create the mount point of a --mount target inside the new root, refusing
+ * to go through a symlink (one left in a kept /work, say). */
+static void make_mountpoint(const char *target, int is_dir)
+{
+    char path[PATH_MAX];
+    struct stat st;
+    size_t len = strlen(target);
+
+    if (len == 0 || len >= sizeof path || target[0] != '/')
+        init_fail("invalid mount target %s", target);
+    memcpy(path, target, len + 1);
+    for (char *p = path + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char saved = *p;
+        int last = saved == '\0';
+        *p = '\0';
+        if (lstat(path, &st) == 0) {
+            if (S_ISLNK(st.st_mode))
+                init_fail("mount target %s goes through a symlink (%s)", target, path);
+            if (!last && !S_ISDIR(st.st_mode))
+                init_fail("mount target %s: %s is not a directory", target, path);
+            if (last && is_dir != !!S_ISDIR(st.st_mode))
+                init_fail("mount target %s: %s is %s", target, path,
+                          is_dir ? "not a directory" : "a directory");
+        } else if (!last || is_dir) {
+            if (mkdir(path, 0755) < 0 && errno != EEXIST)
+                init_fail("cannot create mount target %s: %s", path, strerror(errno));
+        } else {
+            int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+            if (fd < 0)
+                init_fail("cannot create mount target %s: %s", path, strerror(errno));
+            close(fd);
+        }
+        if (last)
+            break;
+        *p = saved;
+    }
+}
+
+static const char ETC_PASSWD[] =
+    "root:x:0:0:root:/root:/bin/sh\n"
+    "sprite:x:1000:1000:sprite:/home/sprite:/bin/sh\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n";
+static const char ETC_GROUP[] = "root:x:0:\ntty:x:5:\nsprite:x:1000:\nnogroup:x:65534:\n";
+static const char ETC_NSSWITCH[] = "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n";
+
+/* The sprite's own root: a small tmpfs with the host's /usr read-only (and
+ * /bin, /lib... as the host has them: symlinks into /usr or read-only binds),
+ * a generated /etc, a fresh /proc, a minimal /dev with a new devpts
+ * instance, and /tmp, /work and /home/sprite bound from --files; then the
+ * --mount binds, and the root itself turns read-only. The old root is
+ * detached: nothing else of the host stays reachable. */
+static void setup_root(void)
+{
+    static const char *const top[] = {"bin", "sbin", "lib", "lib32", "lib64", "libx32"};
+    char path[PATH_MAX], text[8192];
+    char resolv[4096];
+    ssize_t resolv_len = -1;
+    struct stat st;
+
+    umask(022);
+    if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
+        init_fail("cannot make / a slave mount: %s", reason_for(errno));
+    for (int i = 0; i < g_nmounts; i++) {
+        g_mount_fds[i] = open_source(g_mount_src[i]);
+        if (g_mount_fds[i] < 0)
+            init_fail("cannot open mount source %s: %s", g_mount_src[i], strerror(errno));
+    }
+    if (!g_netns) {
+        int fd = open("/etc/resolv.conf", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            resolv_len = read(fd, resolv, sizeof resolv - 1);
+            close(fd);
+        }
+    }
+    if (mount("tmpfs", g_root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=1024") <
+            0 ||
+        chdir(g_root) < 0)
+        init_fail("cannot make the sprite's root: %s", reason_for(errno));
+
+    bind_path("/usr", "usr", 1, 1);
+    for (size_t i = 0; i < sizeof top / sizeof top[0]; i++) {
+        snprintf(path, sizeof path, "/%s", top[i]);
+        if (lstat(path, &st) < 0)
+            continue;
+        if (S_ISLNK(st.st_mode)) {
+            ssize_t n = readlink(path, text, sizeof text - 1);
+            if (n <= 0)
+                continue;
+            text[n] = '\0';
+            if (symlink(text, top[i]) < 0)
+                init_fail("cannot create /%s in the sprite: %s", top[i], strerror(errno));
+        } else if (S_ISDIR(st.st_mode)) {
+            bind_path(path, top[i], 1, 1);
+        }
+    }
+
+    make_dir("etc", 0755);
+    snprintf(text, sizeof text, "%s\n", g_name);
+    write_file("etc/hostname", text, 0644);
+    snprintf(text, sizeof text,
+             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n",
+             g_name);
+    write_file("etc/hosts", text, 0644);
+    write_file("etc/passwd", ETC_PASSWD, 0644);
+    write_file("etc/group", ETC_GROUP, 0644);
+    write_file("etc/nsswitch.conf", ETC_NSSWITCH, 0644);
+    if (resolv_len > 0) {
+        resolv[resolv_len] = '\0';
+        write_file("etc/resolv.conf", resolv, 0644);
+    }
+
+    make_dir("root", 0700);
+    make_dir("home", 0755);
+    make_dir("var", 0755);
+    if (symlink("../tmp", "var/tmp") < 0)
+        init_fail("cannot create /var/tmp in the sprite: %s", strerror(errno));
+    if (g_files) {
+        static const char *const own[][2] = {{"tmp", "tmp"}, {"work", "work"}, {"home", "home/sprite"}};
+        for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) {
+            snprintf(path, sizeof path, "%s/%s", g_files, own[i][0]);
+            bind_path(path, own[i][1], 1, 0);
+        }
+    } else {
+        make_dir("tmp", 01777);
+        chmod("tmp", 01777);
+    }
+
+    make_dir("dev", 0755);
+    if (mount("tmpfs", "dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=64") < 0)
+        init_fail("cannot mount /dev in the sprite: %s", reason_for(errno));
+    make_device("null", 1, 3);
+    make_device("zero", 1, 5);
+    make_device("full", 1, 7);
+    make_device("random", 1, 8);
+    make_device("urandom", 1, 9);
+    make_device("tty", 5, 0);
+    make_dir("dev/pts", 0755);
+    if (mount("devpts", "dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=0620") < 0)
+        init_fail("cannot mount /dev/pts in the sprite: %s", reason_for(errno));
+    make_dir("dev/shm", 01777);
+    if (mount("tmpfs", "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
+        init_fail("cannot mount /dev/shm in the sprite: %s", reason_for(errno));
+    if (symlink("pts/ptmx", "dev/ptmx") < 0 || symlink("/proc/self/fd", "dev/fd") < 0 ||
+        symlink("/proc/self/fd/0", "dev/stdin") < 0 || symlink("/proc/self/fd/1", "dev/stdout") < 0 ||
+        symlink("/proc/self/fd/2", "dev/stderr") < 0)
+        init_fail("cannot populate /dev in the sprite: %s", strerror(errno));
+    /* The console is the sprite's pty, as /dev/console. */
+    make_file("dev/console");
+    if (mount(g_pts, "dev/console", NULL, MS_BIND, NULL) < 0)
+        unlink("dev/console");
+
+    make_dir("proc", 0555);
+    if (mount("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+        init_fail("cannot mount /proc: %s", reason_for(errno));
+    if (!g_userns) {
+        /* Without a user namespace root inside is root on the host, though
+         * without capabilities: keep it away from the kernel's knobs. */
+        static const char *const knobs[] = {"proc/sys", "proc/sysrq-trigger", "proc/irq",
+                                            "proc/bus", "proc/fs"};
+        for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++) {
+            if (lstat(knobs[i], &st) < 0)
+                continue;
+            if (mount(knobs[i], knobs[i], NULL, MS_BIND | MS_REC, NULL) < 0 ||
+                remount_bind(knobs[i], 1) < 0)
+                init_fail("cannot protect /%s: %s", knobs[i], reason_for(errno));
+        }
+    }
+
+    if (syscall(SYS_pivot_root, ".", ".") < 0)
+        init_fail("cannot enter the sprite's root: %s", reason_for(errno));
+    if (umount2(".", MNT_DETACH) < 0 || chdir("/") < 0)
+        init_fail("cannot detach the host's root: %s", reason_for(errno));
+
+    for (int i = 0; i < g_nmounts; i++) {
+        if (fstat(g_mount_fds[i], &st) < 0)
+            init_fail("cannot use mount source %s: %s", g_mount_src[i], strerror(errno));
+        make_mountpoint(g_mount_dst[i], S_ISDIR(st.st_mode));
+        snprintf(path, sizeof path, "/proc/self/fd/%d", g_mount_fds[i]);
+        if (mount(path, g_mount_dst[i], NULL, MS_BIND, NULL) < 0 ||
+            remount_bind(g_mount_dst[i], !g_mount_rw[i]) < 0)
+            init_fail("cannot mount %s on %s: %s", g_mount_src[i], g_mount_dst[i],
+                      reason_for(errno));
+        close(g_mount_fds[i]);
+    }
+    if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+        init_fail("cannot make the sprite's root read-only: %s", reason_for(errno));
+}
+
+/* No user namespaces inside the sprite: a new one would hand back every
+ * capability this one gave up. The limit is per namespace and only ours. */
+static void forbid_nested_userns(void)
+{
+    int fd = open("/proc/sys/user/max_user_namespaces", O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, "0", 1) != 1)
+        init_fail("cannot forbid nested user namespaces: %s", reason_for(errno));
+    close(fd);
+}
+
+static void __attribute__((noreturn)) run_init(int go)
 {
     sigset_t set;
     int exec_pipe[2];
@@ -547,27 +906,43 @@ static void __attribute__((noreturn)) run_init(int go_r)
     int main_status = 0, main_done = 0, terminating = 0, no_children = 0;
 
     /* The init holds only what it needs: the console slave, the record
-     * directory, the log, the caller's ready pipe and the go pipe. */
+     * directory, the log, the caller's ready pipe and the setup channel. */
     close(g_master);
     close(g_listen);
     close(g_sigfd);
     close(g_lock_fd);
     munmap(g_ring, RING_HEADER + RING_SIZE);
 
-    if (g_userns)
-        wait_go(go_r);
+    if (g_userns == 1)
+        wait_byte(go, 'g');
     for (int i = 0; i < g_ncgroups; i++) {
         if (write(g_cgroup_fds[i], "0", 1) != 1)
             init_fail("cannot join cgroup %s: %s", g_cgroups[i], reason_for(errno));
         close(g_cgroup_fds[i]);
     }
-    if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
-        init_fail("cannot make / a slave mount: %s", reason_for(errno));
-    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-        init_fail("cannot mount /proc: %s", reason_for(errno));
+    if (g_root) {
+        setup_root();
+    } else {
+        if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
+            init_fail("cannot make / a slave mount: %s", reason_for(errno));
+        if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+            init_fail("cannot mount /proc: %s", reason_for(errno));
+    }
     if (sethostname(g_name, strlen(g_name)) < 0)
         init_fail("cannot set the hostname: %s", reason_for(errno));
-    loopback_up();
+    if (g_netns)
+        loopback_up();
+    if (g_userns == 2) {
+        /* Last, so every namespace and mount above stays the host's to own:
+         * nothing inside can change them, whatever its ids. */
+        if (unshare(CLONE_NEWUSER) < 0)
+            init_fail("cannot create the sprite's user namespace: %s", reason_for(errno));
+        wait_byte(go, 'g');
+        write_all(go, "u", 1);
+        wait_byte(go, 'm');
+    }
+    if (g_userns)
+        forbid_nested_userns();
 
     if (pipe2(exec_pipe, O_CLOEXEC) < 0)
         init_fail("pipe: %s", strerror(errno));
@@ -588,8 +963,9 @@ static void __attribute__((noreturn)) run_init(int go_r)
         buf[n] = '\0';
         init_fail("%s", buf);
     }
-    if (!g_userns)
-        wait_go(go_r);
+    if (g_userns == 0)
+        wait_byte(go, 'g');
+    close(go);
     ready_msg("ok\n");
     close(g_ready);
     g_ready = -1;
@@ -651,29 +1027,41 @@ static void __attribute__((noreturn)) run_init(int go_r)
 
 /* --------------------------------------------------------------- supervisor */
 
-static void write_maps(pid_t pid)
+/* The sprite's ids on the host: with --userns 1 root inside is the caller
+ * (who may map nothing else), with --userns 2 ids 0-65535 inside are
+ * --uid-base and up. -1 with errno on failure. */
+static int write_maps(pid_t pid)
 {
-    char path[64], line[64];
+    char path[64], line[96];
     int fd;
+    unsigned long host_uid = g_uid_base, host_gid = g_uid_base, count = USERNS_RANGE;
 
-    snprintf(path, sizeof path, "/proc/%d/setgroups", (int)pid);
-    fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        write_all(fd, "deny", 4);
+    if (g_userns == 1) {
+        snprintf(path, sizeof path, "/proc/%d/setgroups", (int)pid);
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            write_all(fd, "deny", 4);
+            close(fd);
+        }
+        host_uid = (unsigned long)getuid();
+        host_gid = (unsigned long)getgid();
+        count = 1;
+    }
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, i == 0 ? "uid_map" : "gid_map");
+        snprintf(line, sizeof line, "0 %lu %lu\n", i == 0 ? host_uid : host_gid, count);
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0)
+            return -1;
+        if (write(fd, line, strlen(line)) < 0) {
+            int err = errno;
+            close(fd);
+            errno = err;
+            return -1;
+        }
         close(fd);
     }
-    snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
-    snprintf(line, sizeof line, "0 %d 1\n", (int)getuid());
-    fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0 || write(fd, line, strlen(line)) < 0)
-        fail("cannot map the sprite's user: %s", reason_for(errno));
-    close(fd);
-    snprintf(path, sizeof path, "/proc/%d/gid_map", (int)pid);
-    snprintf(line, sizeof line, "0 %d 1\n", (int)getgid());
-    fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0 || write(fd, line, strlen(line)) < 0)
-        fail("cannot map the sprite's group: %s", reason_for(errno));
-    close(fd);
+    return 0;
 }
 
 static void describe_end(pid_t init_pid, int init_status)
@@ -730,11 +1118,15 @@ static void __attribute__((noreturn)) supervise(void)
     g_sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     if (g_sigfd < 0)
         fail("signalfd: %s", strerror(errno));
-    if (pipe2(go_pipe, O_CLOEXEC) < 0)
-        fail("pipe: %s", strerror(errno));
+    /* The setup channel: the supervisor's go, and in a late user namespace
+     * the init's request for its id maps. */
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, go_pipe) < 0)
+        fail("socketpair: %s", strerror(errno));
 
-    flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET;
-    if (g_userns)
+    flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC;
+    if (g_netns)
+        flags |= CLONE_NEWNET;
+    if (g_userns == 1)
         flags |= CLONE_NEWUSER;
     /* fork-like clone: no new stack, so the child runs on a copy of ours. */
     init_pid = (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, 0UL);
@@ -748,8 +1140,13 @@ static void __attribute__((noreturn)) supervise(void)
     close(g_slave);
     for (int i = 0; i < g_ncgroups; i++)
         close(g_cgroup_fds[i]);
-    if (g_userns)
-        write_maps(init_pid);
+    if (g_userns == 1 && write_maps(init_pid) < 0) {
+        int err = errno;
+        kill(init_pid, SIGKILL);
+        waitpid(init_pid, NULL, 0);
+        unlink_socket();
+        fail("cannot map the sprite's user: %s", reason_for(err));
+    }
 
     /* Record the sprite while the init sets itself up; the init reports
      * "ok" to the caller only after this go, so a running sprite always has
@@ -772,6 +1169,24 @@ static void __attribute__((noreturn)) supervise(void)
         }
     }
     write_all(go_pipe[1], "g", 1);
+    if (g_userns == 2) {
+        char c = 0;
+        ssize_t got;
+        do {
+            got = read(go_pipe[1], &c, 1);
+        } while (got < 0 && errno == EINTR);
+        /* Nothing read: the init failed its setup and said so itself. */
+        if (got == 1 && c == 'u') {
+            if (write_maps(init_pid) < 0) {
+                int err = errno;
+                kill(init_pid, SIGKILL);
+                waitpid(init_pid, NULL, 0);
+                unlink_socket();
+                fail("cannot map the sprite's user: %s", reason_for(err));
+            }
+            write_all(go_pipe[1], "m", 1);
+        }
+    }
     close(go_pipe[1]);
     /* The caller keeps the record locked until it hears from the init. */
     close(g_lock_fd);
@@ -904,6 +1319,16 @@ static void prepare_console(void)
         g_slave = open(g_pts, O_RDWR | O_NOCTTY | O_CLOEXEC);
     if (g_slave < 0)
         fail("cannot open the console pty: %s", strerror(errno));
+    /* The console belongs to the sprite's user, as a login's terminal does. */
+    {
+        uid_t uid;
+        gid_t gid;
+        if (g_user && g_userns != 1 && parse_user(g_user, &uid, &gid) == 0) {
+            unsigned long base = g_userns == 2 ? g_uid_base : 0;
+            if (fchown(g_slave, (uid_t)(base + uid), (gid_t)-1) == 0)
+                fchmod(g_slave, 0620);
+        }
+    }
     fcntl(g_master, F_SETFL, fcntl(g_master, F_GETFL) | O_NONBLOCK);
 
     g_listen = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -922,6 +1347,33 @@ static void prepare_console(void)
         close(sdfd);
     if (listen(g_listen, 16) < 0)
         fail("listen: %s", strerror(errno));
+}
+
+static int parse_userns(const char *v)
+{
+    if (strcmp(v, "1") == 0 || strcmp(v, "2") == 0)
+        return v[0] - '0';
+    return 0;
+}
+
+/* The options start and exec share; 1 when a was one of them. */
+static int common_option(const char *a, const char *v)
+{
+    if (strcmp(a, "--cgroup") == 0 && g_ncgroups < MAX_CGROUPS)
+        g_cgroups[g_ncgroups++] = v;
+    else if (strcmp(a, "--workdir") == 0)
+        g_workdir = v;
+    else if (strcmp(a, "--user") == 0)
+        g_user = v;
+    else if (strcmp(a, "--userns") == 0)
+        g_userns = parse_userns(v);
+    else if (strcmp(a, "--network") == 0)
+        g_netns = strcmp(v, "host") != 0;
+    else if (strcmp(a, "--name") == 0)
+        g_name = v;
+    else
+        return 0;
+    return 1;
 }
 
 static int parse_fd(const char *s)
@@ -949,9 +1401,9 @@ static int cmd_start(int argc, char **argv)
             return 2;
         }
         const char *v = argv[++i];
-        if (strcmp(a, "--name") == 0)
-            g_name = v;
-        else if (strcmp(a, "--id") == 0)
+        if (common_option(a, v))
+            continue;
+        if (strcmp(a, "--id") == 0)
             g_id = v;
         else if (strcmp(a, "--socket") == 0)
             g_socket = v;
@@ -959,18 +1411,24 @@ static int cmd_start(int argc, char **argv)
             g_lock_fd = parse_fd(v);
         else if (strcmp(a, "--ready-fd") == 0)
             g_ready = parse_fd(v);
-        else if (strcmp(a, "--cgroup") == 0 && g_ncgroups < MAX_CGROUPS)
-            g_cgroups[g_ncgroups++] = v;
         else if (strcmp(a, "--oom-file") == 0)
             g_oom_file = v;
         else if (strcmp(a, "--limit-text") == 0)
             g_limit_text = v;
-        else if (strcmp(a, "--workdir") == 0)
-            g_workdir = v;
-        else if (strcmp(a, "--user") == 0)
-            g_user = v;
-        else if (strcmp(a, "--userns") == 0)
-            g_userns = strcmp(v, "1") == 0;
+        else if (strcmp(a, "--root") == 0)
+            g_root = v;
+        else if (strcmp(a, "--files") == 0)
+            g_files = v;
+        else if (strcmp(a, "--uid-base") == 0)
+            g_uid_base = strtoul(v, NULL, 10);
+        else if (strcmp(a, "--mount-source") == 0 && g_nmounts < MAX_MOUNTS) {
+            g_mount_src[g_nmounts] = v;
+            g_mount_dst[g_nmounts] = NULL;
+            g_mount_rw[g_nmounts++] = 0;
+        } else if (strcmp(a, "--mount-target") == 0 && g_nmounts > 0)
+            g_mount_dst[g_nmounts - 1] = v;
+        else if (strcmp(a, "--mount-rw") == 0 && g_nmounts > 0)
+            g_mount_rw[g_nmounts - 1] = strcmp(v, "1") == 0;
         else {
             fprintf(stderr, "sprite-helper: unknown option %s\n", a);
             return 2;
@@ -981,6 +1439,11 @@ static int cmd_start(int argc, char **argv)
         fcntl(g_ready, F_SETFD, FD_CLOEXEC);
     if (!g_name || !valid_name(g_name) || !g_id || !g_socket || g_lock_fd < 0)
         fail("sprite-helper start: missing or invalid --name, --id, --socket or --lock-fd");
+    if (g_userns == 2 && (g_uid_base == 0 || g_uid_base > 0xFFFFFFFFul - USERNS_RANGE))
+        fail("sprite-helper start: --userns 2 needs a valid --uid-base");
+    for (int m = 0; m < g_nmounts; m++)
+        if (!g_mount_dst[m] || g_mount_src[m][0] != '/' || g_mount_dst[m][0] != '/' || !g_root)
+            fail("sprite-helper start: invalid --mount-source %s", g_mount_src[m]);
     fcntl(g_lock_fd, F_SETFD, FD_CLOEXEC);
     /* Records go through a descriptor of our own: the lock stays on the caller's. */
     g_dirfd = openat(g_lock_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1028,6 +1491,21 @@ static int exec_fail(const char *fmt, ...)
     return 125;
 }
 
+/* Set NAME=VALUE in envp (replacing NAME if present). */
+static int env_set(char **envp, int nenv, char *entry)
+{
+    size_t klen = (size_t)(strchr(entry, '=') - entry);
+    for (int e = 0; e < nenv; e++) {
+        if (strncmp(envp[e], entry, klen) == 0 && envp[e][klen] == '=') {
+            envp[e] = entry;
+            return nenv;
+        }
+    }
+    if (nenv < MAX_ENV - 1)
+        envp[nenv++] = entry;
+    return nenv;
+}
+
 static int cmd_exec(int argc, char **argv)
 {
     pid_t pid = 0;
@@ -1035,8 +1513,9 @@ static int cmd_exec(int argc, char **argv)
     int i, pidfd, flags;
     char path[PATH_MAX];
     static char env_buf[1 << 20];
-    char *envp[4096];
-    int nenv = 0;
+    static char *envp[MAX_ENV];
+    static char *extra_env[MAX_ENV];
+    int nenv = 0, nextra = 0;
 
     for (i = 2; i < argc; i++) {
         const char *a = argv[i];
@@ -1049,21 +1528,16 @@ static int cmd_exec(int argc, char **argv)
             return 2;
         }
         const char *v = argv[++i];
+        if (common_option(a, v))
+            continue;
         if (strcmp(a, "--pid") == 0)
             pid = (pid_t)atoi(v);
         else if (strcmp(a, "--start") == 0)
             start = strtoull(v, NULL, 10);
-        else if (strcmp(a, "--cgroup") == 0 && g_ncgroups < MAX_CGROUPS)
-            g_cgroups[g_ncgroups++] = v;
-        else if (strcmp(a, "--workdir") == 0)
-            g_workdir = v;
-        else if (strcmp(a, "--user") == 0)
-            g_user = v;
-        else if (strcmp(a, "--userns") == 0)
-            g_userns = strcmp(v, "1") == 0;
-        else if (strcmp(a, "--name") == 0)
-            g_name = v;
-        else if (strcmp(a, "--error-fd") == 0) {
+        else if (strcmp(a, "--env") == 0 && strchr(v, '=') && v[0] != '=') {
+            if (nextra < MAX_ENV - 1)
+                extra_env[nextra++] = argv[i];
+        } else if (strcmp(a, "--error-fd") == 0) {
             g_error_fd = parse_fd(v);
             if (g_error_fd > 2)
                 fcntl(g_error_fd, F_SETFD, FD_CLOEXEC);
@@ -1087,13 +1561,15 @@ static int cmd_exec(int argc, char **argv)
             got += (size_t)r;
         close(efd);
         env_buf[got] = '\0';
-        for (size_t off = 0; off < got && nenv < 4095;) {
+        for (size_t off = 0; off < got && nenv < MAX_ENV - 1;) {
             size_t len = strlen(env_buf + off);
-            if (len > 0)
-                envp[nenv++] = env_buf + off;
+            if (len > 0 && strchr(env_buf + off, '='))
+                nenv = env_set(envp, nenv, env_buf + off);
             off += len + 1;
         }
     }
+    for (int e = 0; e < nextra; e++)
+        nenv = env_set(envp, nenv, extra_env[e]);
     envp[nenv] = NULL;
     for (int c = 0; c < g_ncgroups; c++) {
         snprintf(path, sizeof path, "%s/cgroup.procs", g_cgroups[c]);
@@ -1102,10 +1578,15 @@ static int cmd_exec(int argc, char **argv)
             return exec_fail("cannot join cgroup %s: %s", g_cgroups[c], reason_for(errno));
         close(fd);
     }
-    flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET;
-    if (g_userns)
+    flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC;
+    if (g_netns)
+        flags |= CLONE_NEWNET;
+    /* A namespace made by an unprivileged caller is entered together with
+     * its user namespace; a late one is entered after the others, which the
+     * host owns. */
+    if (g_userns == 1)
         flags |= CLONE_NEWUSER;
-    if (setns(pidfd, flags) < 0) {
+    if (setns(pidfd, flags) < 0 || (g_userns == 2 && setns(pidfd, CLONE_NEWUSER) < 0)) {
         if (errno == ESRCH)
             return exec_fail("sprite '%s' is not running", g_name ? g_name : "?");
         return exec_fail("cannot enter the sprite: %s", reason_for(errno));
@@ -1124,18 +1605,18 @@ static int cmd_exec(int argc, char **argv)
     if (child < 0)
         return exec_fail("fork: %s", strerror(errno));
     if (child == 0) {
-        /* The command must not outlive an exec that was stopped. */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        char why[256];
         sigprocmask(SIG_SETMASK, &old, NULL);
+        if (drop_privileges(g_user, why, sizeof why) < 0)
+            _exit(exec_fail("%s", why));
+        /* The command must not outlive an exec that was stopped (set after
+         * the id change, which clears it). */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (chdir(g_workdir ? g_workdir : "/") < 0)
             _exit(exec_fail("cannot enter workdir %s: %s", g_workdir, strerror(errno)));
-        if (g_user) {
-            uid_t uid;
-            gid_t gid;
-            if (parse_user(g_user, &uid, &gid) < 0 || setgroups(0, NULL) < 0 ||
-                setgid(gid) < 0 || setuid(uid) < 0)
-                _exit(exec_fail("cannot switch to user %s: %s", g_user, reason_for(errno)));
-        }
+        for (int e = 0; e < nenv; e++)
+            if (strncmp(envp[e], "PATH=", 5) == 0)
+                setenv("PATH", envp[e] + 5, 1);
         execvpe(argv[i], argv + i, envp);
         _exit(exec_fail("cannot run %s: %s", argv[i], strerror(errno)));
     }

@@ -27,6 +27,8 @@ from .conftest import wait_for
 
 MiB = 1 << 20
 Names = Callable[[str], str]
+#: The Python a sprite sees: its root has the host's /usr, not this venv.
+SPRITE_PYTHON = "/usr/bin/python3"
 
 
 def start(
@@ -123,7 +125,11 @@ def test_records_are_private(driver: BuiltinDriver, sprite_name: Names) -> None:
     for directory in (root, driver.layout.sprites, driver.layout.run, driver.layout.sprite(name)):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
     for path in driver.layout.sprite(name).iterdir():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        private = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == private, path
+    files = driver.layout.files
+    assert stat.S_IMODE(files.stat().st_mode) == 0o700
+    assert stat.S_IMODE((files / name).stat().st_mode) == 0o700
 
 
 def test_sprite_has_its_own_namespaces(driver: BuiltinDriver, sprite_name: Names) -> None:
@@ -160,7 +166,7 @@ def test_hostname_proc_and_loopback_inside(driver: BuiltinDriver, sprite_name: N
         "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen();"
         "c=socket.create_connection(s.getsockname(), timeout=2); print('loopback-up')"
     )
-    assert driver.exec(name, [sys.executable, "-c", probe]).stdout.strip() == b"loopback-up"
+    assert driver.exec(name, [SPRITE_PYTHON, "-c", probe]).stdout.strip() == b"loopback-up"
     # Nothing the sprite mounted shows on the host.
     assert pathlib.Path("/proc/self/mountinfo").read_text() == host_mounts
 
@@ -195,7 +201,7 @@ def test_memory_hog_is_killed_by_the_kernel_and_listed_as_error(
 ) -> None:
     name = sprite_name("hog")
     hog = "b = []\nwhile True:\n    b.append(bytearray(1 << 20))\n"
-    start(driver, name, sys.executable, "-c", hog, memory=48 * MiB)
+    start(driver, name, SPRITE_PYTHON, "-c", hog, memory=48 * MiB)
     wait_ended(driver, name, timeout=30)
     listed = driver.list().by_name()[name]
     assert listed.state == "error"
