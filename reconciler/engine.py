@@ -36,6 +36,7 @@ from reconciler.models.observed import Inventory
 from reconciler.state import StateStore
 
 if TYPE_CHECKING:
+    from reconciler.drivers.microvm import Image
     from reconciler.executor import ApplyHooks, ApplyResult
     from reconciler.manifest import LoadedManifest
     from reconciler.models.manifest import Budget
@@ -125,7 +126,7 @@ class Engine:
             unavailable_reason = builtin.unavailable_reason
         except (ImportError, AttributeError):
             # An empty or partial package (a checkout without the built-in runtime).
-            reason = "the built-in runtime is not installed"
+            reason: str | None = "the built-in runtime is not installed"
         else:
             reason = unavailable_reason()
             if reason is None:
@@ -143,7 +144,7 @@ class Engine:
 
     def _microvm_driver(self) -> Driver:
         try:
-            from reconciler.drivers import microvm  # type: ignore[attr-defined]
+            from reconciler.drivers import microvm
         except ImportError:
             raise RuntimeUnavailableError(
                 "The microvm runtime is not available in this build"
@@ -442,6 +443,13 @@ class Engine:
 
     def force_unlock(self, project: str) -> str:
         return self.store.force_unlock(check_name(project))
+
+    def build_image(self, progress: Callable[[str], None] = lambda line: None) -> Image:
+        """Build the microVM runtime's guest image under the state directory."""
+        from reconciler.drivers import microvm
+
+        timeout = max(600.0, self.config.agent.timeout)
+        return microvm.build_image(self.state_dir, progress=progress, timeout=timeout)
 
 
 def _check_saved(saved: Plan, current: Plan) -> None:

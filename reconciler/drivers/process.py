@@ -46,8 +46,15 @@ class Completed:
     duration: float
 
 
-def run(argv: Sequence[str], *, timeout: float, op: str, stdin_open: bool = True) -> Completed:
-    """Run ``argv`` to completion and capture its output.
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    op: str,
+    stdin_open: bool = True,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Completed:
+    """Run ``argv`` to completion (in ``cwd`` when given) and capture its output.
 
     Raises :class:`RuntimeTimeoutError` when it runs past ``timeout`` seconds
     (the process group is killed and reaped first) and
@@ -64,6 +71,7 @@ def run(argv: Sequence[str], *, timeout: float, op: str, stdin_open: bool = True
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
+            cwd=cwd,
         )
     except OSError as exc:
         logger.debug("%s -> could not run: %s", shown, exc)
