@@ -685,6 +685,36 @@ def schema() -> None:
     click.echo(schema_text(), nl=False)
 
 
+# -- microVM guest image -----------------------------------------------------
+
+
+@cli.group()
+def image() -> None:
+    """The microVM runtime's guest image (a kernel and an initramfs)."""
+
+
+@image.command("build")
+@json_option
+@pass_state
+def image_build(state: State, as_json: bool) -> None:
+    """Build the guest image from Debian packages (apt-get download; /boot is untouched).
+
+    The image is cached under the state directory; run it again to update it.
+    """
+    from reconciler.views import envelope
+
+    try:
+        built = state.engine().build_image(lambda line: None if as_json else click.echo(line))
+    except ReconcilerError as error:
+        _fail(error, as_json)
+    data = {"kernel": str(built.kernel), "initrd": str(built.initrd), **built.info}
+    document = envelope.envelope(True, "Built the microVM guest image", data)
+    if as_json:
+        click.echo(envelope.to_json(document))
+    else:
+        click.echo(f"✅ Built the microVM guest image\n\nkernel: {built.kernel}\ninitrd: {built.initrd}")
+
+
 # -- entry points ------------------------------------------------------------
 
 
