@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,6 +92,8 @@ class Engine:
             )
         self.runtime = runtime or self.config.agent.runtime
         self._driver: Driver | None = None
+        #: Runtimes the loaded manifests name per sprite (``runtime:``).
+        self._runtimes: set[str] = set()
         #: Wall clock for ttl expiry, record start times and events (tests set it).
         self.clock: Callable[[], float] = time.time
         self.events = EventLog(self.state_dir / EVENTS_FILE, clock=lambda: self.clock())
@@ -105,6 +107,41 @@ class Engine:
         return self._driver
 
     def _make_driver(self) -> Driver:
+        """The configured runtime's driver; a composite one when the manifest
+        or the sprites already on this host need other runtimes too."""
+        from reconciler.drivers.multi import MultiDriver, runtimes_in_use
+
+        default = self._default_driver()
+        others: list[Driver] = []
+        wanted = self._runtimes | set(runtimes_in_use(self.state_dir))
+        for runtime in sorted(wanted - {default.name}):
+            try:
+                others.append(self._runtime_driver(runtime))
+            except RuntimeUnavailableError:
+                if runtime in self._runtimes:
+                    raise
+        return MultiDriver(default, others) if others else default
+
+    def _runtime_driver(self, runtime: str) -> Driver:
+        if runtime == "microvm":
+            return self._microvm_driver()
+        if runtime == "builtin":
+            return self._builtin_driver(fallback=False)
+        raise UsageError(f"unknown runtime '{runtime}'")
+
+    def _use_runtimes(self, runtimes: Iterable[object]) -> None:
+        """Cover the runtimes a manifest names; a driver made before is remade."""
+        wanted = {str(runtime) for runtime in runtimes if runtime} - self._runtimes
+        if not wanted:
+            return
+        self._runtimes |= wanted
+        if self._driver is not None:
+            covered = set(getattr(self._driver, "runtimes", (self._driver.name,)))
+            if not wanted <= covered:
+                self._driver.close()
+                self._driver = None
+
+    def _default_driver(self) -> Driver:
         from reconciler.drivers import wisp
 
         agent = self.config.agent
@@ -222,9 +259,11 @@ class Engine:
         from reconciler.manifest import load_manifest
 
         agent = self.config.agent
-        return load_manifest(
+        loaded = load_manifest(
             path, default_memory=agent.default_memory, default_cpus=agent.default_cpus
         )
+        self._use_runtimes(sprite.spec.get("runtime") for sprite in loaded.desired.values())
+        return loaded
 
     def budget(self, loaded: LoadedManifest | None) -> Budget:
         from reconciler.models.manifest import Budget

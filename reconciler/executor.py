@@ -266,7 +266,7 @@ class Executor:
                 name=name,
                 status="starting",
                 spec=dict(task.change.after or {}),
-                runtime=self.driver.name,
+                runtime=str((task.change.after or {}).get("runtime") or self.driver.name),
                 started_at=self.clock(),
                 restarts=restarts,
             )

@@ -9,6 +9,7 @@ these models, so field descriptions here are user documentation.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,7 @@ from pydantic import (
     StrictStr,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from reconciler.models import units
@@ -114,6 +116,21 @@ Ttl = Annotated[
 ]
 
 
+def _absolute_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"expected an absolute path, got {value!r}")
+    if "\x00" in value:
+        raise ValueError("a path may not contain NUL bytes")
+    return value
+
+
+GuestPath = Annotated[
+    StrictStr,
+    AfterValidator(_absolute_path),
+    WithJsonSchema({"type": "string", "pattern": "^/"}),
+]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -158,6 +175,33 @@ class SpriteTemplate(_Strict):
             "started again until the manifest changes. Changing it never replaces a sprite."
         ),
     )
+    runtime: Literal["builtin", "microvm"] | None = Field(
+        None,
+        description=(
+            "The runtime of this sprite: builtin (namespaces and cgroups) or microvm (a QEMU "
+            "microVM with its own kernel). Default: the config's agent.runtime."
+        ),
+    )
+    kernel: GuestPath | None = Field(
+        None,
+        description=(
+            "microvm: the guest kernel to boot (absolute path to a vmlinux or bzImage). "
+            "Default: the kernel of `sprites image build`."
+        ),
+    )
+    initrd: GuestPath | None = Field(
+        None,
+        description=(
+            "microvm: the initramfs to boot (absolute path). Default: the initramfs of "
+            "`sprites image build`."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _guest_only_for_microvm(self) -> SpriteTemplate:
+        if self.runtime == "builtin" and (self.kernel or self.initrd):
+            raise ValueError("kernel and initrd apply only to sprites with runtime: microvm")
+        return self
 
     @field_validator("env")
     @classmethod
@@ -229,6 +273,7 @@ class DesiredSprite:
         template: str = "",
         *,
         ttl: float | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> DesiredSprite:
         return DesiredSprite(
             name,
@@ -237,13 +282,17 @@ class DesiredSprite:
             command,
             env,
             template or name,
-            canonical_spec(memory, cpus, command, env),
+            canonical_spec(memory, cpus, command, env, options),
             ttl,
         )
 
 
 def canonical_spec(
-    memory: int, cpus: int, command: tuple[str, ...] | list[str] = (), env: Any = ()
+    memory: int,
+    cpus: int,
+    command: tuple[str, ...] | list[str] = (),
+    env: Any = (),
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The spec as recorded in state and compared by the planner: plain JSON
     values, optional keys only when set, so new optional fields never make
@@ -253,6 +302,9 @@ def canonical_spec(
         spec["command"] = list(command)
     if env:
         spec["env"] = dict(env)
+    for key, value in (options or {}).items():
+        if value is not None:
+            spec[key] = value
     return spec
 
 
@@ -274,6 +326,7 @@ def desired_sprites(
         env = tuple(sorted((template.env or {}).items()))
         memory = template.memory or memory_default
         cpus = template.cpus or cpus_default
+        options = {"runtime": template.runtime, "kernel": template.kernel, "initrd": template.initrd}
         for name in names:
             if not units.is_valid_name(name):
                 raise ValueError(
@@ -285,6 +338,6 @@ def desired_sprites(
                     f"sprites.{result[name].template}"
                 )
             result[name] = DesiredSprite.make(
-                name, memory, cpus, command, env, key, ttl=template.ttl
+                name, memory, cpus, command, env, key, ttl=template.ttl, options=options
             )
     return result

@@ -60,6 +60,8 @@ def describe(change: Change) -> str:
         resources = f"memory {_value('memory', spec.get('memory'))}, cpus {spec.get('cpus')}"
         if spec.get("command"):
             resources += f", command {_value('command', spec['command'])}"
+        if spec.get("runtime"):
+            resources += f", runtime {spec['runtime']}"
     why = change.reason.text
     if change.action is Action.RESTART and change.observed_state:
         why = f"{change.observed_state}; will be started again"
