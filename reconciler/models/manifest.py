@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    StrictBool,
     StrictInt,
     StrictStr,
     WithJsonSchema,
@@ -27,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from reconciler.models import units
+from reconciler.models import sandbox, units
 
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_REPLICAS = 1000
@@ -135,6 +136,70 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _sprite_path(value: str) -> str:
+    problem = sandbox.path_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _mount_target(value: str) -> str:
+    problem = sandbox.target_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _host_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"expected an absolute path, got {value!r}")
+    if "\x00" in value:
+        raise ValueError("a path may not contain NUL bytes")
+    return value
+
+
+def _sprite_user(value: object) -> str:
+    sandbox.parse_user(value)
+    return str(value)
+
+
+SpritePath = Annotated[StrictStr, AfterValidator(_sprite_path)]
+SpriteUser = Annotated[
+    str,
+    BeforeValidator(_sprite_user),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "pattern": r"^(root|sprite|nobody|\d+)(:(root|tty|sprite|nogroup|nobody|\d+))?$",
+                },
+                {"type": "integer", "minimum": 0, "maximum": sandbox.ID_RANGE - 1},
+            ],
+            "description": f"A user inside the sprite: {sandbox.USER_HELP}.",
+        }
+    ),
+]
+
+
+class Mount(_Strict):
+    """A host path bound into the sprite."""
+
+    source: Annotated[StrictStr, AfterValidator(_host_path)] = Field(
+        description=(
+            "The host path (absolute). It must exist when the sprite starts; symlinks in it "
+            "are resolved then, and the resolved path is what is mounted."
+        )
+    )
+    target: Annotated[StrictStr, AfterValidator(_mount_target)] = Field(
+        description=(
+            "Where it appears in the sprite (absolute, normalized; not /, /etc, /home, /tmp, "
+            "nor /usr, /proc, /dev, /bin, /sbin, /lib* or anything under them)."
+        )
+    )
+    readOnly: StrictBool = Field(True, description="Mount read-only (the default).")
+
+
 class Resources(_Strict):
     """Default resources for every sprite that does not set its own."""
 
@@ -196,6 +261,67 @@ class SpriteTemplate(_Strict):
             "`sprites image build`."
         ),
     )
+
+    workdir: SpritePath | None = Field(
+        None, description="Directory the command starts in, and exec runs in. Default: /work."
+    )
+    user: SpriteUser | None = Field(
+        None,
+        description=(
+            "The user the command and exec run as: root, sprite (uid 1000, owner of /work and "
+            "/home/sprite), nobody or uid[:gid]. Even root has no capabilities. Default: sprite."
+        ),
+    )
+    mounts: list[Mount] | None = Field(
+        None,
+        max_length=sandbox.MAX_MOUNTS,
+        description="Host paths to bind into the sprite: [{source, target, readOnly}].",
+    )
+    network: Literal["none", "host"] | None = Field(
+        None,
+        description=(
+            "none (the default): loopback only. host: the host's network, loopback included "
+            "(the plan shows it)."
+        ),
+    )
+    keep: StrictBool | None = Field(
+        None,
+        description=(
+            "Keep the sprite's /tmp, /work and /home/sprite when it is killed (a sprite of the "
+            "same name started later finds them). Default: false, they are removed."
+        ),
+    )
+    pids: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=sandbox.MAX_PIDS,
+        description=f"Most processes the sprite may run at once. Default: {sandbox.DEFAULT_PIDS}.",
+    )
+
+    @field_validator("mounts")
+    @classmethod
+    def _distinct_targets(cls, mounts: list[Mount] | None) -> list[Mount] | None:
+        targets = [mount.target for mount in mounts or ()]
+        for target in targets:
+            if targets.count(target) > 1:
+                raise ValueError(f"mount target {target} is given more than once")
+        return mounts
+
+    def sandbox_options(self) -> dict[str, Any]:
+        """The sandbox settings as they go into the canonical spec: only the
+        ones set, defaults left out, so adding them never changes old specs."""
+        mounts = [
+            {"source": m.source, "target": m.target, "readOnly": m.readOnly}
+            for m in self.mounts or ()
+        ]
+        return {
+            "workdir": self.workdir,
+            "user": self.user,
+            "mounts": mounts or None,
+            "network": self.network if self.network == "host" else None,
+            "keep": True if self.keep else None,
+            "pids": self.pids if self.pids != sandbox.DEFAULT_PIDS else None,
+        }
 
     @model_validator(mode="after")
     def _guest_only_for_microvm(self) -> SpriteTemplate:
@@ -327,6 +453,7 @@ def desired_sprites(
         memory = template.memory or memory_default
         cpus = template.cpus or cpus_default
         options = {"runtime": template.runtime, "kernel": template.kernel, "initrd": template.initrd}
+        options.update(template.sandbox_options())
         for name in names:
             if not units.is_valid_name(name):
                 raise ValueError(

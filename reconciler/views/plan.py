@@ -62,6 +62,8 @@ def describe(change: Change) -> str:
             resources += f", command {_value('command', spec['command'])}"
         if spec.get("runtime"):
             resources += f", runtime {spec['runtime']}"
+        if spec.get("network") == "host":
+            resources += ", network host (not isolated from the host's network)"
     why = change.reason.text
     if change.action is Action.RESTART and change.observed_state:
         why = f"{change.observed_state}; will be started again"

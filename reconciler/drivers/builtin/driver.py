@@ -23,7 +23,6 @@ import fcntl
 import json
 import os
 import pathlib
-import posixpath
 import select
 import shutil
 import signal
@@ -37,33 +36,16 @@ from typing import Any
 from reconciler import errors
 from reconciler.drivers import base, execio
 from reconciler.drivers.builtin import cgroups, helper, records
-from reconciler.models import observed, units
+from reconciler.models import observed, sandbox, units
 
 NAMESPACES = ("pid", "mnt", "uts", "ipc", "net")
 DEFAULT_COMMAND = ("/bin/sh",)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEFAULT_WORKDIR = "/work"
 #: Host uid and gid of id 0 inside a sprite's user namespace; 0-65535 are mapped.
 UID_BASE = 1 << 30
-ID_RANGE = 65536
-#: The users every sprite's /etc/passwd knows: name -> (uid, gid, home).
-SPRITE_USERS = {
-    "root": (0, 0, "/root"),
-    "sprite": (1000, 1000, "/home/sprite"),
-    "nobody": (65534, 65534, "/nonexistent"),
-}
-SPRITE_GROUPS = {"root": 0, "tty": 5, "sprite": 1000, "nogroup": 65534, "nobody": 65534}
-DEFAULT_USER = "sprite"
-#: Paths a manifest mount may not cover (exactly), and trees it may not enter.
-RESERVED_TARGETS = frozenset(
-    {"/", "/etc", "/home", "/tmp", "/usr", "/proc", "/dev", "/bin", "/sbin"}
-    | {"/lib", "/lib32", "/lib64", "/libx32"}
-)
-RESERVED_TREES = ("/proc", "/dev", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-MAX_MOUNTS = 32
 SUPERVISOR_EXIT_WAIT = 2.0
 KILL_WAIT = 5.0
-MAX_PIDS = 1 << 22
+MAX_PIDS = sandbox.MAX_PIDS
 #: A reservation left unlocked this long (seconds) belongs to a start that died.
 ABANDONED_AFTER = 60.0
 
@@ -282,36 +264,15 @@ def _ended(record: _Record) -> tuple[str, str]:
 
 
 def resolve_user(spec: object, mode: int, *, op: str) -> tuple[str, str]:
-    """("uid:gid", home) inside the sprite for a ``user`` setting: a name the
-    sprite's /etc/passwd knows (root, sprite, nobody), or ``uid[:gid]`` with
-    ids below 65536, or None for the default (sprite; root where the runtime
-    can map only one id, ``mode`` 1)."""
+    """("uid:gid", home) inside the sprite for a ``user`` setting (see
+    :func:`reconciler.models.sandbox.parse_user`); None is the default user,
+    sprite, or root where the runtime can map only one id (``mode`` 1)."""
     if spec is None:
-        spec = "root" if mode == 1 else DEFAULT_USER
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        spec = str(spec)
-    if not isinstance(spec, str) or not spec:
-        raise errors.RuntimeCallError(op, f"invalid user {spec!r}")
-    user_part, colon, group_part = spec.partition(":")
-    if user_part in SPRITE_USERS:
-        uid, gid, home = SPRITE_USERS[user_part]
-    elif user_part.isdigit():
-        uid = int(user_part)
-        known = [entry for entry in SPRITE_USERS.values() if entry[0] == uid]
-        gid, home = (known[0][1], known[0][2]) if known else (uid, "/")
-    else:
-        raise errors.RuntimeCallError(
-            op, f"unknown user {spec!r}: expected root, sprite, nobody or uid[:gid]"
-        )
-    if colon:
-        if group_part in SPRITE_GROUPS:
-            gid = SPRITE_GROUPS[group_part]
-        elif group_part.isdigit():
-            gid = int(group_part)
-        else:
-            raise errors.RuntimeCallError(op, f"unknown group in user {spec!r}")
-    if uid >= ID_RANGE or gid >= ID_RANGE:
-        raise errors.RuntimeCallError(op, f"invalid user {spec!r}: ids go up to {ID_RANGE - 1}")
+        spec = "root" if mode == 1 else sandbox.DEFAULT_USER
+    try:
+        uid, gid, home = sandbox.parse_user(spec)
+    except ValueError as exc:
+        raise errors.RuntimeCallError(op, str(exc)) from None
     if mode == 1 and (uid, gid) != (0, 0):
         raise errors.RuntimeCallError(
             op,
@@ -321,20 +282,8 @@ def resolve_user(spec: object, mode: int, *, op: str) -> tuple[str, str]:
 
 
 def login_name(spec: str) -> str:
-    """The name of ``uid:gid``'s user in the sprite's /etc/passwd, else the uid."""
-    uid = int(spec.split(":")[0])
-    return next((key for key, entry in SPRITE_USERS.items() if entry[0] == uid), str(uid))
-
-
-def target_problem(target: object) -> str | None:
-    """Why ``target`` cannot be a mount point in a sprite, or None."""
-    if not isinstance(target, str) or not target.startswith("/") or "\0" in target:
-        return "expected an absolute path"
-    if posixpath.normpath(target) != target or target.startswith("//"):
-        return f"expected a normalized path ({posixpath.normpath(target)})"
-    if target in RESERVED_TARGETS or any(target.startswith(t + "/") for t in RESERVED_TREES):
-        return "it would cover one of the sprite's own mounts"
-    return None
+    """The login name of ``uid:gid`` in the sprite's /etc/passwd, else the uid."""
+    return sandbox.login_name(int(spec.split(":")[0]))
 
 
 def _remove_tree(path: pathlib.Path) -> None:
@@ -631,10 +580,10 @@ class BuiltinDriver:
         if any(not isinstance(arg, str) or "\0" in arg for arg in command):
             raise bad("the command must be strings without NUL bytes")
         options = request.options
-        workdir = options.get("workdir") or DEFAULT_WORKDIR
+        workdir = options.get("workdir") or sandbox.DEFAULT_WORKDIR
         if not isinstance(workdir, str) or not workdir.startswith("/") or "\0" in workdir:
             raise bad(f"invalid workdir {workdir!r}: expected an absolute path")
-        pids = options.get("pids", cgroups.DEFAULT_PIDS)
+        pids = options.get("pids", sandbox.DEFAULT_PIDS)
         if isinstance(pids, bool) or not isinstance(pids, int) or not 1 <= pids <= MAX_PIDS:
             raise bad(f"invalid pids {pids!r}: expected a positive integer")
         network = options.get("network") or "none"
@@ -684,8 +633,8 @@ class BuiltinDriver:
 
         if not spec:
             return ()
-        if not isinstance(spec, (list, tuple)) or len(spec) > MAX_MOUNTS:
-            raise bad(f"invalid mounts: expected a list of at most {MAX_MOUNTS} mounts")
+        if not isinstance(spec, (list, tuple)) or len(spec) > sandbox.MAX_MOUNTS:
+            raise bad(f"invalid mounts: expected a list of at most {sandbox.MAX_MOUNTS} mounts")
         own = os.path.realpath(self.layout.root)
         mounts: builtins.list[Mount] = []
         for index, item in enumerate(spec):
@@ -695,7 +644,7 @@ class BuiltinDriver:
             read_only = item.get("readOnly", True)
             if not isinstance(read_only, bool):
                 raise bad(f"invalid mounts[{index}].readOnly {read_only!r}: expected true or false")
-            problem = target_problem(target)
+            problem = sandbox.target_problem(target)
             if problem:
                 raise bad(f"invalid mount target {target!r}: {problem}")
             assert isinstance(target, str)
@@ -728,7 +677,7 @@ class BuiltinDriver:
             records.make_private_dir(self.layout.files)
             records.make_private_dir(base_dir)
             uid, gid = (int(part) for part in settings.user.split(":"))
-            sprite_uid, sprite_gid, _ = SPRITE_USERS["sprite"]
+            sprite_uid, sprite_gid, _ = sandbox.USERS["sprite"]
             for sub, mode, owner in (
                 ("tmp", 0o1777, (0, 0)),
                 ("work", 0o755, (uid, gid)),
