@@ -108,13 +108,10 @@ def interactive(
     or the VM goes away. Returns a one-line summary of how it ended."""
     sock = connect_unix(socket_path, 5.0)
     sock.settimeout(None)
-    _write_all(
-        stdout_fd, f"Connected to {name}. Console output ({DETACH_KEY} to detach):\r\n".encode()
-    )
-    if recent:
-        _write_all(stdout_fd, recent)
     ended = f"Detached from {name}."
     with sock, _raw_terminal(stdin_fd):
+        greeting = f"Connected to {name}. Console output ({DETACH_KEY} to detach):\r\n"
+        _write_all(stdout_fd, greeting.encode() + recent)
         sock_fd = sock.fileno()
         while True:
             try:

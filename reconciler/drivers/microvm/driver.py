@@ -536,7 +536,8 @@ class MicroVMDriver:
         recent = console.tail(record.console_log)
         if interactive and os.isatty(0) and os.isatty(1) and record.alive:
             try:
-                ended = console.interactive(record.console, name, recent[-2048:])
+                last = console.tail(record.console_log, 2048)
+                ended = console.interactive(record.console, name, last)
             except OSError as exc:
                 raise errors.RuntimeCallError(
                     "attach", f"cannot reach the console of '{name}': {exc.strerror or exc}"
