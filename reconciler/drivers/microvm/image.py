@@ -464,11 +464,16 @@ def cpio_archive(
     return bytes(out)
 
 
-def sprite_script(command: Sequence[str], env: Mapping[str, str]) -> str:
-    """``/sprite/run``: the sprite's environment and command as a POSIX sh script."""
+def sprite_script(
+    command: Sequence[str], env: Mapping[str, str], workdir: str | None = None
+) -> str:
+    """``/sprite/run``: the sprite's environment, working directory and
+    command as a POSIX sh script."""
     lines = ["# The sprite's command, run on the console by /init."]
     for key, value in sorted(env.items()):
         lines.append(f"export {key}={shlex.quote(value)}")
+    if workdir:
+        lines.append(f"mkdir -p {shlex.quote(workdir)} && cd {shlex.quote(workdir)} || exit 126")
     lines.append("exec " + " ".join(shlex.quote(arg) for arg in command))
     return "\n".join(lines) + "\n"
 

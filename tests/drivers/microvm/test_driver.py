@@ -125,3 +125,16 @@ def test_exec_is_refused_plainly(setup: tuple[MicroVMDriver, pathlib.Path]) -> N
     (record / "request.json").write_text('{"id": "sprite-000000000000"}')
     with pytest.raises(RuntimeCallError, match="cannot run commands inside 'vm-a'"):
         driver.exec("vm-a", ["true"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("network", "host"), ("mounts", [{"source": "/srv", "target": "/srv"}]), ("user", "root")],
+)
+def test_settings_a_microvm_cannot_honour_are_refused(
+    setup: tuple[MicroVMDriver, pathlib.Path], key: str, value: object
+) -> None:
+    driver, argv_file = setup
+    with pytest.raises(RuntimeCallError, match=f"does not support {key} yet"):
+        driver.start(StartRequest("vm-a", 256 * MiB, 1, options={key: value}))
+    assert not argv_file.exists()

@@ -73,6 +73,13 @@ def test_the_sprite_script_keeps_every_argument_intact(tmp_path: pathlib.Path) -
     assert env.stdout == "hello 'world' $x"
 
 
+def test_the_sprite_script_starts_in_its_workdir(tmp_path: pathlib.Path) -> None:
+    workdir = tmp_path / "a dir" / "work"
+    script = image.sprite_script(["pwd"], {}, str(workdir))
+    done = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True)
+    assert done.stdout == f"{workdir}\n"
+
+
 def test_the_sprite_initrd_follows_the_base_archive(tmp_path: pathlib.Path) -> None:
     base = tmp_path / "base.cpio.gz"
     base.write_bytes(gzip.compress(image.cpio_archive(("bin",), {"init": b"x"})))
