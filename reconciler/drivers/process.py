@@ -6,7 +6,9 @@ to, captured output, and a hard timeout after which the whole process group
 gets SIGTERM, then SIGKILL :data:`KILL_GRACE` seconds later. Interactive
 attach, which needs the user's terminal, goes through :func:`run_interactive`.
 Each call is logged with its duration at DEBUG on the ``sprites.runtime``
-logger, which ``--verbose`` shows.
+logger, which ``--verbose`` shows. On Linux a child of :func:`run` is also
+SIGKILLed by the kernel when the thread that started it dies, so no runtime
+call outlives a sprites process that was killed outright.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import selectors
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -72,6 +75,7 @@ def run(
             start_new_session=True,
             close_fds=True,
             cwd=cwd,
+            preexec_fn=_die_with_parent(),
         )
     except OSError as exc:
         logger.debug("%s -> could not run: %s", shown, exc)
@@ -136,6 +140,47 @@ def run_interactive(argv: Sequence[str], *, op: str = "attach") -> int:
         restore()
     logger.debug("%s -> exit %d in %.3fs", shown, returncode, time.monotonic() - started)
     return returncode
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl: Callable[..., int] | None = None
+_prctl_resolved = False
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A hook run in the child before exec: the kernel SIGKILLs the child when
+    the thread that started it dies (Linux ``PR_SET_PDEATHSIG``).
+
+    A sprites process killed outright (SIGKILL, OOM) cannot kill its calls'
+    process groups as a timeout or Ctrl-C does. A call that outlived it could
+    act after the next apply listed the runtime, so that apply would start the
+    same name again (and fail) or never record a sprite it did start. Its
+    journal already says the call may have happened; the call must not go on
+    happening. Processes the call forks (a daemonised VM) are not affected.
+    """
+    global _prctl, _prctl_resolved
+    if not sys.platform.startswith("linux"):
+        return None
+    if not _prctl_resolved:
+        _prctl_resolved = True
+        try:
+            import ctypes
+
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            _prctl = None
+    prctl = _prctl
+    if prctl is None:
+        return None
+    parent = os.getpid()
+    sigkill = int(signal.SIGKILL)
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigkill)
+        if os.getppid() != parent:  # the parent died before the hook ran
+            os._exit(255)
+
+    return hook
 
 
 def _checked(argv: Sequence[str]) -> list[str]:
