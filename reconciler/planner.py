@@ -161,7 +161,8 @@ def plan(
     if held or conflicts:
         away = set(held) | {s.name for s in conflicts}
         desired = {name: want for name, want in desired.items() if name not in away}
-    usage = _check_budget(desired, inventory, owned, budget)
+    starts = any(change.action.steps[-1] == "start" for change in changes)
+    usage = _check_budget(desired, inventory, owned, budget, starts=starts)
     return Plan(
         format_version="1",
         project=project,
@@ -282,6 +283,8 @@ def _check_budget(
     inventory: Inventory,
     owned: Mapping[str, OwnedRecord],
     budget: Budget,
+    *,
+    starts: bool = True,
 ) -> BudgetUsage:
     count = len(desired)
     memory = sum(s.memory for s in desired.values())
@@ -293,7 +296,10 @@ def _check_budget(
         if s.is_running and s.name not in desired and s.name not in owned
     )
     host = count + others
-    if budget.host_max_vms is not None and host > budget.host_max_vms:
+    # maxVMs counts sprites this project does not control, so it bounds what
+    # an apply starts: a plan that starts nothing (a destroy, a removal) is
+    # never refused because others already fill the host.
+    if starts and budget.host_max_vms is not None and host > budget.host_max_vms:
         detail = (
             f"{count} in this manifest, {others} more already running on this host"
             if others
