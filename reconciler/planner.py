@@ -169,6 +169,9 @@ def plan(
         operation=operation,
         changes=tuple(changes),
         forget=tuple(forget),
+        settle=tuple(
+            sorted(name for name, rec in records.items() if rec.status != "running" and name in owned)
+        ),
         adopt=adopted,
         expired=tuple(held),
         conflicts=tuple(s.name for s in conflicts),

@@ -136,6 +136,9 @@ class Plan:
     changes: tuple[Change, ...] = ()
     #: Recorded sprites whose runtime record is gone; apply forgets them.
     forget: tuple[str, ...] = ()
+    #: Records an interrupted apply left ``starting`` or ``killing`` whose
+    #: sprite is listed: owned and running, and apply records them so.
+    settle: tuple[str, ...] = ()
     #: Running sprites the project takes over with no runtime call
     #: (``--adopt``), with the spec they are recorded under.
     adopt: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -163,8 +166,8 @@ class Plan:
 
     @property
     def needs_apply(self) -> bool:
-        """Changes, or bookkeeping (forget/adopt) that only the state needs."""
-        return bool(self.changes or self.forget or self.adopt)
+        """Changes, or bookkeeping (forget/settle/adopt) that only the state needs."""
+        return bool(self.changes or self.forget or self.settle or self.adopt)
 
     def counts(self) -> dict[str, int]:
         """Sprites to start, replace (restarts included) and kill."""
