@@ -314,16 +314,16 @@ class Executor:
                 self.state.records[name] = record.with_(
                     status="running", last_error=error.user_message
                 )
+        elif isinstance(error, RuntimeTimeoutError):
+            # It may have started after all: keep the intent so the next apply
+            # settles it against what the runtime lists, and keep its place in
+            # the budget so no other start is admitted into room it may fill.
+            if record is not None:
+                self.state.records[name] = record.with_(last_error=error.user_message)
         else:
+            # The runtime said no (or the name is someone else's): not ours.
             ledger.add(name, task.change.after or {}, -1)
-            if isinstance(error, RuntimeTimeoutError):
-                # It may have started after all: keep the intent so the next
-                # apply settles it against what the runtime lists.
-                if record is not None:
-                    self.state.records[name] = record.with_(last_error=error.user_message)
-            else:
-                # The runtime said no (or the name is someone else's): not ours.
-                self.state.records.pop(name, None)
+            self.state.records.pop(name, None)
         return StepOutcome(task.change, task.step, error, elapsed)
 
     def _starve(self, ready: list[_Task], result: ApplyResult) -> None:
