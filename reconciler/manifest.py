@@ -94,7 +94,7 @@ def parse_manifest(
             _offset_position(shown, text, offset), "binary data (NUL byte) in manifest"
         )
     try:
-        anchors = _anchor_marks(text) if "&" in text or "*" in text else frozenset()
+        anchors = _anchor_marks(text, shown)
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -156,12 +156,28 @@ def _kind(node: yaml.Node) -> str:
 _ANCHOR_MESSAGE = "YAML anchors and aliases are not allowed in a manifest"
 
 
-def _anchor_marks(text: str) -> frozenset[tuple[int, int]]:
-    """Where anchors and aliases are (0-based line, column). Nodes keep no
-    anchor, so the events are read once more, only when the text could hold one."""
+#: Deeper than any manifest nests (five levels hold an env value). Composing
+#: and walking recurse, so deeper input is refused on the event stream first:
+#: a few thousand ``[`` would exhaust the walker, a few hundred thousand crash
+#: the C composer.
+MAX_DEPTH = 64
+
+
+def _anchor_marks(text: str, shown: str) -> frozenset[tuple[int, int]]:
+    """Where anchors and aliases are (0-based line, column), read from the
+    event stream (nodes keep no anchor), which also bounds the nesting depth
+    before anything recursive sees the document."""
     marks = set()
+    depth = 0
     for event in yaml.parse(text, Loader=_Loader):
         mark = event.start_mark
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                position = Position(shown, mark.line + 1, mark.column + 1) if mark else Position(shown)
+                raise ManifestError(position, f"nested more than {MAX_DEPTH} levels deep")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
         if mark is not None and (
             isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None
         ):
