@@ -30,6 +30,9 @@ from reconciler.errors import LockError, StateError
 from reconciler.models.state import ProjectState
 
 PROJECTS_DIR = "projects"
+#: Seconds a held lock may go without a holder record (its holder is taking
+#: or releasing it) before a busy error calls the holder anonymous.
+LOCK_SETTLE = 2.0
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -252,15 +255,26 @@ class StateStore:
     def _acquire(self, fd: int, project: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         delay = 0.01
+        settle: float | None = None
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 pass
-            if time.monotonic() >= deadline:
-                raise self._busy_error(fd, project, timeout)
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            now = time.monotonic()
+            if now >= deadline:
+                # A held lock with no record: its holder is between taking the
+                # lock and recording itself (or clearing its record and letting
+                # go). Give it a moment, so the error can name it or the lock
+                # turns out free.
+                if settle is None and Holder.parse(os.pread(fd, 4096, 0)) is None:
+                    settle = now + LOCK_SETTLE
+                if settle is None or now >= settle or Holder.parse(os.pread(fd, 4096, 0)):
+                    raise self._busy_error(fd, project, timeout)
+                time.sleep(0.005)
+                continue
+            time.sleep(min(delay, max(0.0, deadline - now)))
             delay = min(delay * 2, 0.2)
 
     def _busy_error(self, fd: int, project: str, timeout: float) -> LockError:
