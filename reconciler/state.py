@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import getpass
+import glob
 import json
 import os
 import secrets
@@ -240,6 +241,7 @@ class StateStore:
                     f"Recovered the lock of project '{project}' left by {previous.describe()}, "
                     "which exited without releasing it."
                 )
+            self._remove_leftovers(project)
             record = json.dumps(Holder.current(operation).__dict__).encode()
             os.ftruncate(fd, 0)
             os.pwrite(fd, record, 0)
@@ -251,6 +253,17 @@ class StateStore:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def _remove_leftovers(self, project: str) -> None:
+        """Temp files of state writes that a killed holder never renamed; the
+        state file itself is intact (the rename is atomic). Only a lock
+        holder writes the project's state, so none of them is in use."""
+        prefix = f".{self.state_path(project).name}."
+        for leftover in self.projects_dir.glob(f"{glob.escape(prefix)}*.tmp"):
+            try:
+                leftover.unlink()
+            except FileNotFoundError:
+                pass
 
     def _acquire(self, fd: int, project: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
