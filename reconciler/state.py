@@ -19,6 +19,7 @@ import glob
 import json
 import os
 import secrets
+import signal
 import socket
 import stat
 import time
@@ -53,6 +54,24 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
+#: A crash-test hook, inert unless this variable is set: with
+#: ``SPRITES_FAULT=after-tmp-write:N`` the process SIGKILLs itself after its
+#: Nth atomic write (default the first) has written and synced the temp file,
+#: before the rename, so tests can land a kill exactly between the two.
+FAULT_VARIABLE = "SPRITES_FAULT"
+_writes = 0
+
+
+def _fault_point(point: str) -> None:
+    global _writes
+    wanted, _, nth = os.environ.get(FAULT_VARIABLE, "").partition(":")
+    if wanted != point:
+        return
+    _writes += 1
+    if _writes == (int(nth) if nth.isdigit() else 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def write_private_file(path: Path, data: bytes) -> None:
     """Atomically replace ``path`` with ``data`` (mode 0600), never following links."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -62,6 +81,7 @@ def write_private_file(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        _fault_point("after-tmp-write")
         os.replace(tmp, path)
     except BaseException:
         try:
