@@ -9,7 +9,6 @@ operation and hands the result to a view. Errors become ``❌ <message>``
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -184,6 +183,8 @@ def cli(
     Exit status: 0 success, 1 error (with --detailed-exitcode on plan: 2 means changes).
     """
     if verbose:
+        import logging
+
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("[sprites] %(message)s"))
         logger = logging.getLogger("sprites")

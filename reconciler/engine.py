@@ -10,7 +10,6 @@ operations that need them, so ``sprites list`` starts fast.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -33,7 +32,6 @@ from reconciler.errors import (
 from reconciler.events import EVENTS_FILE, EventLog, EventLogHook, EventType
 from reconciler.models import units
 from reconciler.models.observed import Inventory
-from reconciler.state import StateStore
 
 if TYPE_CHECKING:
     from reconciler.drivers.microvm import Image
@@ -41,9 +39,8 @@ if TYPE_CHECKING:
     from reconciler.manifest import LoadedManifest
     from reconciler.models.manifest import Budget
     from reconciler.models.plan import Plan
+    from reconciler.state import StateStore
     from reconciler.status import StatusReport
-
-log = logging.getLogger("sprites.engine")
 
 
 def check_name(name: str) -> str:
@@ -85,7 +82,7 @@ class Engine:
         self.config.require_sprite_kind()
         env_dir = os.environ.get("SPRITES_STATE_DIR")
         self.state_dir = state_dir or (Path(env_dir) if env_dir else config_mod.default_state_dir())
-        self.store = StateStore(self.state_dir)
+        self._store: StateStore | None = None
         if runtime is not None and runtime not in config_mod.RUNTIMES:
             raise UsageError(
                 f"unknown runtime '{runtime}'; expected one of {', '.join(config_mod.RUNTIMES)}"
@@ -97,6 +94,16 @@ class Engine:
         #: Wall clock for ttl expiry, record start times and events (tests set it).
         self.clock: Callable[[], float] = time.time
         self.events = EventLog(self.state_dir / EVENTS_FILE, clock=lambda: self.clock())
+
+    @property
+    def store(self) -> StateStore:
+        """The state directory's projects and locks; imported on first use,
+        so commands that keep no state (``list``) start without it."""
+        if self._store is None:
+            from reconciler.state import StateStore
+
+            self._store = StateStore(self.state_dir)
+        return self._store
 
     # -- runtime ---------------------------------------------------------
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
 import threading
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import logging
+
     from reconciler.errors import ReconcilerError
     from reconciler.executor import ApplyHooks as _HookBase
     from reconciler.models.plan import Change
@@ -42,7 +43,13 @@ DEFAULT_KEEP = 2
 #: ``last_errors`` reads at most this much of the end of the log.
 TAIL_BYTES = 2 << 20
 
-log = logging.getLogger("sprites.events")
+
+def _log() -> logging.Logger:
+    """The events logger, for the rare warning: logging is not imported otherwise."""
+    import logging
+
+    return logging.getLogger("sprites.events")
+
 
 Event = dict[str, Any]
 Listener = Callable[[Event], None]
@@ -119,7 +126,7 @@ class EventLog:
             try:
                 listener(event)
             except Exception:  # noqa: BLE001  (a closed stdout must not stop a pass)
-                log.debug("event listener failed", exc_info=True)
+                _log().debug("event listener failed", exc_info=True)
         return event
 
     def append(self, event: Event) -> None:
@@ -131,7 +138,7 @@ class EventLog:
             except OSError as exc:
                 if not self._warned:
                     self._warned = True
-                    log.warning("cannot write the event log %s: %s", self.path, exc.strerror)
+                    _log().warning("cannot write the event log %s: %s", self.path, exc.strerror)
 
     def _append(self, data: bytes) -> None:
         if not self._dir_ready:

@@ -13,7 +13,6 @@ call outlives a sprites process that was killed outright.
 
 from __future__ import annotations
 
-import logging
 import os
 import selectors
 import shlex
@@ -28,7 +27,17 @@ from types import FrameType
 
 from reconciler.errors import RuntimeCallError, RuntimeTimeoutError
 
-logger = logging.getLogger("sprites.runtime")
+LOGGER = "sprites.runtime"
+
+
+def _debug(message: str, *args: object) -> None:
+    """Log at DEBUG on :data:`LOGGER`. Only a program that imported logging
+    can have asked for these records, so a command that did not (``sprites
+    list``) spends no start-up time importing it."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger(LOGGER).debug(message, *args)
+
 
 #: Seconds between SIGTERM and SIGKILL for a call that ran past its timeout.
 KILL_GRACE = 5.0
@@ -78,7 +87,7 @@ def run(
             preexec_fn=_die_with_parent(),
         )
     except OSError as exc:
-        logger.debug("%s -> could not run: %s", shown, exc)
+        _debug("%s -> could not run: %s", shown, exc)
         raise RuntimeCallError(op, _launch_reason(args[0], exc)) from exc
 
     try:
@@ -86,7 +95,7 @@ def run(
         if not finished:
             _kill_group(proc)
             duration = time.monotonic() - started
-            logger.debug("%s -> timed out after %.3fs, killed", shown, duration)
+            _debug("%s -> timed out after %.3fs, killed", shown, duration)
             raise RuntimeTimeoutError(op, timeout)
         returncode = proc.wait()
     except BaseException:
@@ -100,10 +109,10 @@ def run(
                 stream.close()
 
     duration = time.monotonic() - started
-    logger.debug("%s -> exit %d in %.3fs", shown, returncode, duration)
+    _debug("%s -> exit %d in %.3fs", shown, returncode, duration)
     text_err = stderr.decode("utf-8", "replace")
     if returncode != 0 and text_err.strip():
-        logger.debug("%s stderr: %s", args[0], text_err.strip().splitlines()[-1])
+        _debug("%s stderr: %s", args[0], text_err.strip().splitlines()[-1])
     return Completed(
         returncode=returncode,
         stdout=stdout.decode("utf-8", "replace"),
@@ -128,7 +137,7 @@ def run_interactive(argv: Sequence[str], *, op: str = "attach") -> int:
         try:
             proc = subprocess.Popen(args, close_fds=True)
         except OSError as exc:
-            logger.debug("%s -> could not run: %s", shown, exc)
+            _debug("%s -> could not run: %s", shown, exc)
             raise RuntimeCallError(op, _launch_reason(args[0], exc)) from exc
         try:
             returncode = proc.wait()
@@ -138,7 +147,7 @@ def run_interactive(argv: Sequence[str], *, op: str = "attach") -> int:
             raise
     finally:
         restore()
-    logger.debug("%s -> exit %d in %.3fs", shown, returncode, time.monotonic() - started)
+    _debug("%s -> exit %d in %.3fs", shown, returncode, time.monotonic() - started)
     return returncode
 
 

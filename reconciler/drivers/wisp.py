@@ -16,7 +16,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reconciler.drivers import execio, process
+from reconciler.drivers import process
 from reconciler.drivers.base import CallResult, ExecInput, ExecResult, OutputSink, StartRequest
 from reconciler.errors import (
     InvalidNameError,
@@ -172,6 +172,8 @@ class WispDriver:
         if not argv:
             raise RuntimeCallError("exec", "exec needs a command")
         args += ["--", *argv]
+        from reconciler.drivers import execio  # only exec streams; list starts without it
+
         tail = _Tail(stderr)
         seen = _Seen(stdout)
         finished = execio.run(
