@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -420,18 +421,31 @@ class Engine:
                 return ApplyOutcome(plan, None, notes)
             if (plan.has_changes or plan.adopt) and saved is None and not approve(plan):
                 raise ApprovalError("Apply cancelled.")
-            state = self.store.load(name)
-            logger = EventLogHook(self.events, name, operation)
-            executor = Executor(
-                self.driver,
-                state,
-                self.store.save,
-                self.budget(None if destroy else loaded),
-                parallelism=parallelism,
-                hooks=[*hooks, logger],
-                clock=self.clock,
-            )
-            result = executor.run(plan, inventory)
+            starts = any("start" in change.action.steps for change in plan.changes)
+            with self._host_admission(starts, lock_timeout):
+                if starts:
+                    inventory = self._recheck_host(
+                        plan,
+                        loaded,
+                        name,
+                        inventory,
+                        adopt=adopt,
+                        destroy=destroy,
+                        report_conflicts=report_conflicts,
+                        select=select,
+                    )
+                state = self.store.load(name)
+                logger = EventLogHook(self.events, name, operation)
+                executor = Executor(
+                    self.driver,
+                    state,
+                    self.store.save,
+                    self.budget(None if destroy else loaded),
+                    parallelism=parallelism,
+                    hooks=[*hooks, logger],
+                    clock=self.clock,
+                )
+                result = executor.run(plan, inventory)
             for sprite, failure in result.failures:
                 if sprite not in logger.failed:
                     self.events.emit(
@@ -443,6 +457,51 @@ class Engine:
                         error=failure.user_message,
                     )
         return ApplyOutcome(plan, result, notes)
+
+    def _host_admission(self, starts: bool, lock_timeout: float) -> AbstractContextManager[None]:
+        """maxVMs is host-wide: while an apply starts sprites it holds the host's
+        admission lock, so two projects (or an apply and ``sprites start``)
+        cannot both fill the last place. Kill-only applies need no lock."""
+        if not starts:
+            return nullcontext()
+        return self.store.host_lock(timeout=max(lock_timeout, self.config.agent.timeout))
+
+    def _recheck_host(
+        self,
+        plan: Plan,
+        loaded: LoadedManifest | None,
+        name: str,
+        inventory: Inventory,
+        *,
+        adopt: bool,
+        destroy: bool,
+        report_conflicts: bool,
+        select: Callable[[Plan], Plan] | None,
+    ) -> Inventory:
+        """Observe again under the host lock; if other sprites started or
+        stopped meanwhile, the plan must still hold (budget included)."""
+        from reconciler.planner import inventory_digest
+
+        fresh = self.driver.list()
+        if inventory_digest(fresh.sprites) == inventory_digest(inventory.sprites):
+            return fresh
+        current = self._plan(
+            loaded,
+            name,
+            adopt=adopt,
+            destroy=destroy,
+            inventory=fresh,
+            report_conflicts=report_conflicts,
+        )
+        if select is not None:
+            current = select(current)
+        if current.changes != plan.changes:
+            raise StalePlanError(
+                "The running sprites changed while this apply waited for the host's "
+                "admission lock; nothing was applied",
+                hint="Run the command again to plan against what runs now.",
+            )
+        return fresh
 
     def _observe(self, project: str, operation: str) -> Inventory:
         """List the runtime, and log it."""
