@@ -310,26 +310,28 @@ class Engine:
         report_conflicts: bool = False,
     ) -> Plan:
         from reconciler import planner
+        from reconciler.bulk import collector_paused
 
         name = loaded.project if loaded is not None else check_name(project or "")
-        state = self.store.load(name)
-        inventory = inventory if inventory is not None else self.driver.list()
-        desired = {} if destroy or loaded is None else loaded.desired
-        return planner.plan(
-            desired,
-            inventory,
-            state.records,
-            self.budget(None if destroy else loaded),
-            project=name,
-            adopt=adopt,
-            operation="destroy" if destroy else "apply",
-            runtime=self.driver.name,
-            manifest_path=str(loaded.path) if loaded is not None else None,
-            manifest_digest=loaded.digest if loaded is not None else None,
-            now=self.clock(),
-            expired=state.expired,
-            report_conflicts=report_conflicts,
-        )
+        with collector_paused():
+            state = self.store.load(name)
+            inventory = inventory if inventory is not None else self.driver.list()
+            desired = {} if destroy or loaded is None else loaded.desired
+            return planner.plan(
+                desired,
+                inventory,
+                state.records,
+                self.budget(None if destroy else loaded),
+                project=name,
+                adopt=adopt,
+                operation="destroy" if destroy else "apply",
+                runtime=self.driver.name,
+                manifest_path=str(loaded.path) if loaded is not None else None,
+                manifest_digest=loaded.digest if loaded is not None else None,
+                now=self.clock(),
+                expired=state.expired,
+                report_conflicts=report_conflicts,
+            )
 
     def apply(
         self,

@@ -3,9 +3,17 @@
 The YAML is composed into nodes by libyaml (C) where available, then turned
 into plain data by a small walker that rejects what a manifest never needs
 and an attacker might use: anchors and aliases (billion laughs), merge keys,
-non-standard tags (``!!python/object``), duplicate keys. The node tree is kept
-so that a validation error can be traced back to its position; positions
-are looked up only when something is wrong.
+non-standard tags (``!!python/object``), duplicate keys, nesting deeper than
+:data:`MAX_DEPTH`. The node tree is kept so that a validation error can be
+traced back to its position; positions and field paths are looked up only
+when something is wrong.
+
+A 10,000-sprite manifest is a few hundred thousand nodes, so the common case
+is kept lean: text without ``&`` or ``*`` cannot hold an anchor or an alias,
+and is composed in one pass whose loader stops at the nesting limit (the
+event stream is read for exact positions only when it trips, or when the
+text could hold anchors); tags are resolved once per distinct scalar; the
+collector is paused while the nodes are alive (:mod:`reconciler.bulk`).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from reconciler.bulk import collector_paused
 from reconciler.errors import ManifestError, Position
 from reconciler.models.manifest import DesiredSprite, Manifest, desired_sprites
 
@@ -25,12 +34,74 @@ from reconciler.models.manifest import DesiredSprite, Manifest, desired_sprites
 MAX_MANIFEST_BYTES = 8 << 20
 DEFAULT_MANIFEST = "sprites.yaml"
 
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _constructor = yaml.constructor.SafeConstructor()
 
 _TAG = "tag:yaml.org,2002:"
 _STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
 _MAP, _SEQ, _TIMESTAMP, _MERGE = (_TAG + t for t in ("map", "seq", "timestamp", "merge"))
+
+#: Deeper than any manifest nests (five levels hold an env value). Composing
+#: and walking recurse, so deeper input is refused before either goes further:
+#: a few thousand ``[`` would exhaust the walker, a few hundred thousand crash
+#: the C composer.
+MAX_DEPTH = 64
+
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):  # type: ignore[misc]
+    """The safe loader without the per-node work a manifest never needs.
+
+    No path resolvers are registered on the safe loader, so a node's tag
+    depends on its scalar alone: it is resolved once per distinct scalar,
+    and only scalars whose first character some implicit resolver claims
+    are matched against the resolvers' patterns at all."""
+
+    _claimed = frozenset(_SafeLoader.yaml_implicit_resolvers)
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._tags: dict[str, str] = {}
+
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str:
+        if kind is yaml.ScalarNode:
+            if not implicit[0] or (value and value[0] not in self._claimed):
+                return _STR
+            tag = self._tags.get(value)
+            if tag is None:
+                tag = self._tags[value] = super().resolve(kind, value, implicit)
+            return tag
+        return _SEQ if kind is yaml.SequenceNode else _MAP
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        return None
+
+    def ascend_resolver(self) -> None:
+        return None
+
+
+class _TooDeep(Exception):
+    """Composing reached :data:`MAX_DEPTH` + 1 nodes deep and stopped."""
+
+
+class _GuardedLoader(_Loader):
+    """Stops composing before the C composer's recursion can go deep.
+
+    It counts nodes, not collections (the composer tells it no more), so a
+    scalar under exactly :data:`MAX_DEPTH` collections trips it too; the
+    event stream then decides."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _TooDeep
+
+    def ascend_resolver(self) -> None:
+        self._depth -= 1
 
 
 @dataclass(frozen=True)
@@ -93,9 +164,20 @@ def parse_manifest(
         raise ManifestError(
             _offset_position(shown, text, offset), "binary data (NUL byte) in manifest"
         )
+    with collector_paused():
+        return _parse(raw, text, shown, path, default_memory, default_cpus)
+
+
+def _parse(
+    raw: bytes,
+    text: str,
+    shown: str,
+    path: Path | None,
+    default_memory: int,
+    default_cpus: int,
+) -> LoadedManifest:
     try:
-        anchors = _anchor_marks(text, shown)
-        root = yaml.compose(text, Loader=_Loader)
+        root, anchors = _compose(text, shown)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -109,7 +191,7 @@ def parse_manifest(
         raise ManifestError(
             Position(shown, 1, 1), "the manifest is empty; expected version, project and sprites"
         )
-    data = _Walker(shown, anchors).build(root)
+    data = _plain(root, shown, anchors)
     if not isinstance(data, dict):
         raise ManifestError(
             _node_position(shown, root),
@@ -156,11 +238,16 @@ def _kind(node: yaml.Node) -> str:
 _ANCHOR_MESSAGE = "YAML anchors and aliases are not allowed in a manifest"
 
 
-#: Deeper than any manifest nests (five levels hold an env value). Composing
-#: and walking recurse, so deeper input is refused on the event stream first:
-#: a few thousand ``[`` would exhaust the walker, a few hundred thousand crash
-#: the C composer.
-MAX_DEPTH = 64
+def _compose(text: str, shown: str) -> tuple[yaml.Node | None, frozenset[tuple[int, int]] | None]:
+    """The document's nodes, and where its anchors and aliases are (None when
+    the text holds no ``&`` or ``*``, so it cannot have any)."""
+    if "&" not in text and "*" not in text:
+        try:
+            return yaml.compose(text, Loader=_GuardedLoader), None
+        except _TooDeep:
+            pass  # the event stream says where, or that it is deep but allowed
+    anchors = _anchor_marks(text, shown)
+    return yaml.compose(text, Loader=_Loader), anchors
 
 
 def _anchor_marks(text: str, shown: str) -> frozenset[tuple[int, int]]:
@@ -192,32 +279,32 @@ def _char_at(text: str, line: int, column: int) -> str:
     return ""
 
 
-class _Walker:
+def _plain(root: yaml.Node, shown: str, anchors: frozenset[tuple[int, int]] | None) -> Any:
     """Nodes to plain data, refusing anchors, aliases, merge keys, odd tags and
-    duplicate keys. Each error names the field it was found in."""
+    duplicate keys. Each error names the field it was found in. ``anchors``
+    None says the text cannot hold any, and the checks for them are skipped."""
+    seen: set[int] = set()
+    scalar, sequence, mapping = yaml.ScalarNode, yaml.SequenceNode, yaml.MappingNode
 
-    def __init__(self, shown: str, anchors: frozenset[tuple[int, int]] = frozenset()) -> None:
-        self.shown = shown
-        self.anchors = anchors
-        self.seen: set[int] = set()
+    def fail(node: yaml.Node, message: str, key: str | None = None) -> ManifestError:
+        path = _path_to(root, node)
+        field = ".".join(path if key is None else (*path, key))
+        return ManifestError(_node_position(shown, node), message, field=field or None)
 
-    def fail(self, node: yaml.Node, message: str, path: tuple[str, ...] = ()) -> ManifestError:
-        return ManifestError(
-            _node_position(self.shown, node), message, field=".".join(path) or None
-        )
-
-    def build(self, node: yaml.Node, path: tuple[str, ...] = ()) -> Any:
-        key = id(node)
-        if key in self.seen or (
-            self.anchors and (node.start_mark.line, node.start_mark.column) in self.anchors
-        ):
-            raise self.fail(node, _ANCHOR_MESSAGE, path)
-        self.seen.add(key)
+    def build(node: Any) -> Any:
+        if anchors is not None:
+            if id(node) in seen or (node.start_mark.line, node.start_mark.column) in anchors:
+                raise fail(node, _ANCHOR_MESSAGE)
+            seen.add(id(node))
+        kind = type(node)
         tag = node.tag
-        if isinstance(node, yaml.ScalarNode):
+        if kind is scalar:
             if tag == _STR:
                 return node.value
             if tag == _INT:
+                value = node.value
+                if value.isdigit() and (value[0] != "0" or len(value) == 1):
+                    return int(value)
                 return _constructor.construct_yaml_int(node)
             if tag == _BOOL:
                 return _constructor.construct_yaml_bool(node)
@@ -227,30 +314,53 @@ class _Walker:
                 return _constructor.construct_yaml_float(node)
             if tag == _TIMESTAMP:
                 return node.value
-            raise self.fail(node, f"the tag {tag!r} is not allowed in a manifest", path)
-        if isinstance(node, yaml.SequenceNode):
+            raise fail(node, f"the tag {tag!r} is not allowed in a manifest")
+        if kind is sequence:
             if tag != _SEQ:
-                raise self.fail(node, f"the tag {tag!r} is not allowed in a manifest", path)
-            return [self.build(item, (*path, str(i))) for i, item in enumerate(node.value)]
-        if isinstance(node, yaml.MappingNode):
+                raise fail(node, f"the tag {tag!r} is not allowed in a manifest")
+            return [build(item) for item in node.value]
+        if kind is mapping:
             if tag != _MAP:
-                raise self.fail(node, f"the tag {tag!r} is not allowed in a manifest", path)
+                raise fail(node, f"the tag {tag!r} is not allowed in a manifest")
             result: dict[Any, Any] = {}
             for key_node, value_node in node.value:
-                if key_node.tag == _MERGE:
-                    raise self.fail(
-                        key_node, "YAML merge keys (<<) are not allowed in a manifest", path
-                    )
-                if not isinstance(key_node, yaml.ScalarNode):
-                    raise self.fail(key_node, "mapping keys must be plain strings", path)
-                name = self.build(key_node, path)
-                if not isinstance(name, str):
-                    name = str(key_node.value)
+                if key_node.tag == _STR and anchors is None and type(key_node) is scalar:
+                    name = key_node.value
+                else:
+                    if key_node.tag == _MERGE:
+                        raise fail(key_node, "YAML merge keys (<<) are not allowed in a manifest")
+                    if type(key_node) is not scalar:
+                        raise fail(key_node, "mapping keys must be plain strings")
+                    name = build(key_node)
+                    if not isinstance(name, str):
+                        name = str(key_node.value)
                 if name in result:
-                    raise self.fail(key_node, f"duplicate key {name!r}", (*path, name))
-                result[name] = self.build(value_node, (*path, name))
+                    raise fail(key_node, f"duplicate key {name!r}", name)
+                result[name] = build(value_node)
             return result
-        raise self.fail(node, "unsupported YAML node", path)
+        raise fail(node, "unsupported YAML node")
+
+    return build(root)
+
+
+def _path_to(root: yaml.Node, target: yaml.Node) -> tuple[str, ...]:
+    """The keys and indexes leading to ``target``'s first appearance in the
+    document (a mapping key belongs to its mapping). Only errors need it."""
+    pending: list[tuple[yaml.Node, tuple[str, ...]]] = [(root, ())]
+    while pending:
+        node, path = pending.pop()
+        if node is target:
+            return path
+        children: list[tuple[yaml.Node, tuple[str, ...]]] = []
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node is target:
+                    return path
+                children.append((value_node, (*path, str(getattr(key_node, "value", "?")))))
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(item, (*path, str(i))) for i, item in enumerate(node.value)]
+        pending.extend(reversed(children))
+    return ()
 
 
 def _find_node(root: yaml.Node, loc: tuple[Any, ...]) -> yaml.Node:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from reconciler.bulk import collector_paused
 from reconciler.drivers import process
 from reconciler.drivers.base import CallResult, ExecInput, ExecResult, OutputSink, StartRequest
 from reconciler.errors import (
@@ -92,8 +93,9 @@ class WispDriver:
 
     def list(self) -> Inventory:
         completed = self._call("list", ["list", "--json"])
-        entries = parse_list_output(completed.stdout)
-        sprites = tuple(_observed(entry, index) for index, entry in enumerate(entries))
+        with collector_paused():
+            entries = parse_list_output(completed.stdout)
+            sprites = tuple(_observed(entry, index) for index, entry in enumerate(entries))
         return Inventory(sprites=sprites, raw=completed.stdout)
 
     def start(self, request: StartRequest) -> CallResult:

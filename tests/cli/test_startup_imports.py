@@ -1,10 +1,12 @@
-"""Commands that validate nothing start without the heavy libraries.
+"""How the installed script starts: what a command imports, and whether the
+cyclic garbage collector runs.
 
 ``sprites --help`` and ``sprites list --json`` are what people and agents run
 most; they must not import pydantic (whose models alone take tens of
 milliseconds to build), yaml, deepdiff or the MCP SDK, nor logging and the
-state store, which they never use. Each command runs in a fresh interpreter,
-as the installed script does, and reports the modules it ended up with.
+state store, which they never use. A command that exits when done runs
+without the collector; one that runs until stopped keeps it. Each command
+runs in a fresh interpreter through the scripts' entry point, and reports.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -21,7 +24,7 @@ HEAVY = ("pydantic", "pydantic_core", "yaml", "deepdiff", "mcp")
 UNUSED = ("logging", "reconciler.state", "reconciler.planner", "reconciler.models.manifest")
 
 PROBE = """\
-import json, sys
+import gc, json, sys
 from reconciler.cli import main
 try:
     main()
@@ -29,11 +32,12 @@ except SystemExit as exit:
     code = exit.code
 else:
     code = 0
-sys.stderr.write("\\nMODULES " + json.dumps({"code": code, "modules": sorted(sys.modules)}) + "\\n")
+report = {"code": code, "modules": sorted(sys.modules), "collecting": gc.isenabled()}
+sys.stderr.write("\\nMODULES " + json.dumps(report) + "\\n")
 """
 
 
-def imported(sprites: Sprites, *args: str) -> set[str]:
+def run(sprites: Sprites, *args: str) -> dict[str, Any]:
     completed = subprocess.run(
         [sys.executable, "-c", PROBE, "--state-dir", str(sprites.state_dir), *args],
         cwd=sprites.root,
@@ -41,11 +45,13 @@ def imported(sprites: Sprites, *args: str) -> set[str]:
         text=True,
         timeout=60,
     )
-    report = completed.stderr.rpartition("\nMODULES ")[2]
-    result = json.loads(report)
-    assert result["code"] in (0, None), completed.stderr
-    modules: set[str] = set(result["modules"])
-    return modules
+    report: dict[str, Any] = json.loads(completed.stderr.rpartition("\nMODULES ")[2])
+    assert report["code"] in (0, None), completed.stderr
+    return report
+
+
+def imported(sprites: Sprites, *args: str) -> set[str]:
+    return set(run(sprites, *args)["modules"])
 
 
 @pytest.mark.parametrize(
@@ -65,3 +71,11 @@ def test_the_probe_sees_what_a_plan_imports(sprites: Sprites) -> None:
     sprites.use_example()
     modules = imported(sprites, "plan")
     assert {"pydantic", "yaml", "reconciler.planner"} <= modules
+
+
+def test_short_commands_run_without_the_collector_and_watchers_with_it(sprites: Sprites) -> None:
+    sprites.use_example()
+    assert run(sprites, "list", "--json")["collecting"] is False
+    assert run(sprites, "plan")["collecting"] is False
+    assert run(sprites, "events")["collecting"] is True
+    assert run(sprites, "watch", "--once", "--interval", "1s")["collecting"] is True
