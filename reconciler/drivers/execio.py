@@ -50,8 +50,9 @@ class Finished:
 
 
 class Capture:
-    """A sink keeping at most ``limit`` bytes: the first and the last halves,
-    and how many bytes in between were dropped."""
+    """A sink keeping at most ``limit`` bytes: the first quarter and the last
+    three quarters (where a command says how it ended), and how many bytes in
+    between were dropped."""
 
     def __init__(self, limit: int) -> None:
         self.limit = max(0, limit)
@@ -60,18 +61,19 @@ class Capture:
         self.total = 0
 
     def write(self, data: bytes) -> int:
-        self.total += len(data)
-        half = self.limit // 2
-        room = half - len(self.head)
+        size = len(data)
+        self.total += size
+        first = self.limit // 4
+        room = first - len(self.head)
         if room > 0:
             self.head += data[:room]
             data = data[room:]
         if data:
             self.tail += data
-            keep = self.limit - half
+            keep = self.limit - first
             if len(self.tail) > keep:
                 del self.tail[: len(self.tail) - keep]
-        return len(data)
+        return size
 
     @property
     def dropped(self) -> int:

@@ -44,6 +44,25 @@ _NO_EXEC_RE = re.compile(r"unknown command '?exec'?", re.IGNORECASE)
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: How much of exec's stderr is kept to recognise wisp's own failures.
 _STDERR_TAIL = 4096
+#: The exit status of ``wisp exec`` when the command could not be run at all.
+EXEC_SETUP_FAILED = 125
+#: What wisp's own exec failures start with.
+_OWN_FAILURE_STARTS = (
+    "error:",
+    "fatal:",
+    "unknown command",
+    "sprite '",
+    "cannot run ",
+    "cannot enter ",
+    "cannot switch to user ",
+    "unknown user ",
+    "invalid ",
+)
+_OWN_FAILURE_RE = re.compile(
+    r"^(?:(?:error|fatal):\s*)?(?:unknown command|sprite '[^']*' (?:not found|is not running)"
+    r"|cannot run |cannot enter |cannot switch to user |unknown user |invalid )",
+    re.IGNORECASE,
+)
 
 
 def resolve_wisp(wisp_path: str) -> str | None:
@@ -186,7 +205,10 @@ class WispDriver:
             stdout=seen,
             stderr=tail,
         )
-        if finished.returncode != 0 and not seen.any:
+        failed = finished.returncode != 0 and not seen.any
+        if not failed:
+            tail.release()
+        if failed:
             reason = failure_reason(tail.text(), finished.returncode)
             if _NO_EXEC_RE.search(reason):
                 raise RuntimeCallError(
@@ -196,6 +218,10 @@ class WispDriver:
                 )
             if tail.lines() == 1 and _NOT_FOUND_RE.fullmatch(reason):
                 raise SpriteNotFoundError("exec", reason)
+            own = tail.lines() == 1 and bool(_OWN_FAILURE_RE.search(tail.text().strip()))
+            if own and finished.returncode == EXEC_SETUP_FAILED:
+                raise RuntimeCallError("exec", reason)
+            tail.release()
         return ExecResult(
             exit_code=finished.returncode,
             stdout=seen.getvalue(),
@@ -236,22 +262,51 @@ class _Seen:
 
 
 class _Tail(_Seen):
-    """Passes stderr on (or keeps it), remembering its end."""
+    """Passes stderr on (or keeps it), remembering its end. A first line that
+    reads like wisp's own failure is held back until the call ends, so a
+    failure is reported once, as an error, not also as the command's output."""
 
     def __init__(self, sink: OutputSink | None) -> None:
         super().__init__(sink)
         self.tail = bytearray()
+        self.held = bytearray()
+        self.holding = sink is not None
 
     def write(self, data: bytes) -> None:
-        super().write(data)
         self.tail += data
         del self.tail[:-_STDERR_TAIL]
+        if self.holding:
+            self.held += data
+            first, newline, _ = bytes(self.held).partition(b"\n")
+            line = first.decode("utf-8", "replace")
+            if newline and _OWN_FAILURE_RE.search(line):
+                return
+            if not newline and _may_be_own_failure(line):
+                return
+            self.release()
+            return
+        super().write(data)
+
+    def release(self) -> None:
+        """Pass on what was held back (the call was the command's after all)."""
+        self.holding = False
+        if self.held:
+            held, self.held = bytes(self.held), bytearray()
+            super().write(held)
 
     def text(self) -> str:
         return self.tail.decode("utf-8", "replace")
 
     def lines(self) -> int:
         return len([line for line in self.text().splitlines() if line.strip()])
+
+
+def _may_be_own_failure(start: str) -> bool:
+    """Whether a line beginning ``start`` could still be one of wisp's own failures."""
+    text = _ERROR_PREFIX_RE.sub("", start).lower()
+    return len(start) < 200 and any(
+        prefix.startswith(text) or text.startswith(prefix) for prefix in _OWN_FAILURE_STARTS
+    )
 
 
 def memory_argument(size: int) -> str:

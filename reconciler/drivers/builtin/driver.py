@@ -26,17 +26,19 @@ import pathlib
 import select
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler import errors
-from reconciler.drivers import base, execio
+from reconciler.drivers import base
 from reconciler.drivers.builtin import cgroups, helper, records
 from reconciler.models import observed, sandbox, units
+
+if TYPE_CHECKING:
+    import subprocess
 
 NAMESPACES = ("pid", "mnt", "uts", "ipc", "net")
 DEFAULT_COMMAND = ("/bin/sh",)
@@ -490,6 +492,8 @@ class BuiltinDriver:
         """Run ``argv`` inside a running sprite: its namespaces, root,
         cgroups and environment, as its user (or ``user``) in its workdir (or
         ``workdir``), without capabilities; the exit code is the command's."""
+        from reconciler.drivers import execio  # not needed by a pass-through exec
+
         limit = self.timeout if timeout is None else timeout
         err_r, err_w = os.pipe()
         try:
@@ -515,6 +519,44 @@ class BuiltinDriver:
             stderr=finished.stderr,
             duration=finished.duration,
         )
+
+    def exec_replace(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        stdin: bool = True,
+        error_prefix: str = "",
+        error_status: int = 1,
+        timeout_message: str = "",
+    ) -> None:
+        """Replace this process with the helper running ``argv`` in the
+        sprite: stdio pass straight through (stdin only with ``stdin``) and
+        the exit status is the command's, with nothing copied on the way. A
+        failure to run it prints ``error_prefix`` + the reason and exits
+        ``error_status``; past ``timeout`` (None: the driver's) the command
+        is stopped, ``timeout_message`` printed and ``error_status`` the
+        exit status. Raises before replacing anything when the sprite is
+        unknown or not running; returns only when it cannot replace."""
+        limit = self.timeout if timeout is None else timeout
+        helper_argv = self.exec_argv(name, argv, env=env, workdir=workdir, user=user)
+        options = ["--error-prefix", error_prefix, "--error-status", str(error_status)]
+        if limit and limit > 0:
+            options += ["--timeout-ms", str(max(1, int(limit * 1000)))]
+            options += ["--timeout-message", timeout_message]
+        cut = helper_argv.index("--")
+        helper_argv[cut:cut] = options
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if not stdin:
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+        os.execv(helper_argv[0], helper_argv)
 
     def exec_argv(
         self,
@@ -651,10 +693,10 @@ class BuiltinDriver:
             if not isinstance(source, str) or not source.startswith("/") or "\0" in source:
                 raise bad(f"invalid mount source {source!r}: expected an absolute path")
             resolved = os.path.realpath(source)
-            if not os.path.exists(resolved):
-                raise bad(f"mount source {source} does not exist")
             if resolved == own or resolved.startswith(own + "/") or own.startswith(resolved + "/"):
                 raise bad(f"mount source {source} holds the runtime's own state")
+            if not os.path.exists(resolved):
+                raise bad(f"mount source {source} does not exist")
             if any(m.target == target for m in mounts):
                 raise bad(f"mount target {target} is given twice")
             mounts.append(Mount(resolved, target, read_only))
@@ -808,6 +850,8 @@ class BuiltinDriver:
         settings: _Settings,
     ) -> int:
         """Run the helper and wait for it to report the sprite running; the init's pid."""
+        import subprocess  # only starts need it: exec and list stay light
+
         ready_r, ready_w = os.pipe()
         argv = [
             helper_bin,
@@ -1157,6 +1201,8 @@ class BuiltinDriver:
             str(mode),
             "--network",
             str(record.request.get("network") or "none"),
+            "--exec-socket",
+            str(self.layout.sprite(record.name) / "exec.sock"),
         ]
         if error_fd is not None:
             args += ["--error-fd", str(error_fd)]

@@ -101,7 +101,7 @@ static unsigned long g_uid_base;
 static int g_netns = 1;
 static const char *g_root, *g_files;
 static const char *g_mount_src[MAX_MOUNTS], *g_mount_dst[MAX_MOUNTS];
-static int g_mount_rw[MAX_MOUNTS], g_mount_fds[MAX_MOUNTS], g_nmounts;
+static int g_mount_rw[MAX_MOUNTS], g_mount_fds[MAX_MOUNTS], g_mount_dirs[MAX_MOUNTS], g_nmounts;
 static char **g_argv;
 
 static int g_lock_fd = -1, g_ready = -1, g_dirfd = -1, g_log = -1;
@@ -866,22 +866,43 @@ static void setup_root(void)
         }
     }
 
+    /* The --mount sources are bound now, while the host's tree they are in
+     * is still ours, at staging points; they move to their targets once the
+     * targets resolve inside the new root. */
+    if (g_nmounts > 0)
+        make_dir(".mounts", 0700);
+    for (int i = 0; i < g_nmounts; i++) {
+        char stage[64], source[64];
+        if (fstat(g_mount_fds[i], &st) < 0)
+            init_fail("cannot use mount source %s: %s", g_mount_src[i], strerror(errno));
+        g_mount_dirs[i] = S_ISDIR(st.st_mode);
+        snprintf(stage, sizeof stage, ".mounts/%d", i);
+        snprintf(source, sizeof source, "/proc/self/fd/%d", g_mount_fds[i]);
+        if (g_mount_dirs[i])
+            make_dir(stage, 0700);
+        else
+            make_file(stage);
+        if (mount(source, stage, NULL, MS_BIND, NULL) < 0 || remount_bind(stage, !g_mount_rw[i]) < 0)
+            init_fail("cannot mount %s: %s", g_mount_src[i], reason_for(errno));
+        close(g_mount_fds[i]);
+    }
+
     if (syscall(SYS_pivot_root, ".", ".") < 0)
         init_fail("cannot enter the sprite's root: %s", reason_for(errno));
     if (umount2(".", MNT_DETACH) < 0 || chdir("/") < 0)
         init_fail("cannot detach the host's root: %s", reason_for(errno));
 
     for (int i = 0; i < g_nmounts; i++) {
-        if (fstat(g_mount_fds[i], &st) < 0)
-            init_fail("cannot use mount source %s: %s", g_mount_src[i], strerror(errno));
-        make_mountpoint(g_mount_dst[i], S_ISDIR(st.st_mode));
-        snprintf(path, sizeof path, "/proc/self/fd/%d", g_mount_fds[i]);
-        if (mount(path, g_mount_dst[i], NULL, MS_BIND, NULL) < 0 ||
-            remount_bind(g_mount_dst[i], !g_mount_rw[i]) < 0)
+        make_mountpoint(g_mount_dst[i], g_mount_dirs[i]);
+        snprintf(path, sizeof path, "/.mounts/%d", i);
+        if (mount(path, g_mount_dst[i], NULL, MS_MOVE, NULL) < 0)
             init_fail("cannot mount %s on %s: %s", g_mount_src[i], g_mount_dst[i],
                       reason_for(errno));
-        close(g_mount_fds[i]);
+        if (g_mount_dirs[i] ? rmdir(path) : unlink(path))
+            init_fail("cannot tidy the sprite's root: %s", strerror(errno));
     }
+    if (g_nmounts > 0 && rmdir("/.mounts") < 0)
+        init_fail("cannot tidy the sprite's root: %s", strerror(errno));
     if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
         init_fail("cannot make the sprite's root read-only: %s", reason_for(errno));
 }
@@ -894,6 +915,225 @@ static void forbid_nested_userns(void)
     if (fd < 0 || write(fd, "0", 1) != 1)
         init_fail("cannot forbid nested user namespaces: %s", reason_for(errno));
     close(fd);
+}
+
+/* ----------------------------------------------------------- exec service */
+
+/* Commands exec'd into the sprite are forked by its init, which is already
+ * in every namespace, cgroup and the root of the sprite: nothing has to
+ * join them (moving a process between cgroups waits for an RCU grace period
+ * per hierarchy). A request is one SOCK_SEQPACKET message on exec.sock in
+ * the sprite's record directory (reachable from the host only): strings
+ * "u:<uid:gid>", "w:<workdir>", "e:<KEY=VALUE>"..., "a:<arg>"..., NUL
+ * terminated, with the command's stdin, stdout and stderr as SCM_RIGHTS.
+ * The init answers "run" or "err <reason>", then "exit <code>" or
+ * "signal <n>" when the command ends; "s<n>" from the caller signals the
+ * command, and a caller that goes away takes its command with it. */
+
+#define EXEC_MSG_MAX (256 * 1024)
+#define MAX_EXECS 64
+
+struct exec_client {
+    int conn;
+    pid_t pid;
+};
+
+static struct exec_client g_execs[MAX_EXECS];
+static int g_nexecs;
+static int g_exec_listen = -1;
+
+static void exec_reply(int conn, const char *fmt, ...)
+{
+    char buf[600];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if (n >= (int)sizeof buf)
+        n = (int)sizeof buf - 1;
+    send(conn, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+static void __attribute__((noreturn))
+exec_child(int report, int fds[3], const char *user, const char *workdir, char **env, int nenv,
+           char **args)
+{
+    sigset_t none;
+    char why[256];
+
+    for (int i = 0; i < 3; i++) {
+        if (dup2(fds[i], i) < 0) {
+            init_report(report, "cannot pass the command's stdio: %s", strerror(errno));
+            _exit(127);
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        if (fds[i] > 2)
+            close(fds[i]);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    setsid();
+    if (drop_privileges(user && *user ? user : g_user, why, sizeof why) < 0) {
+        init_report(report, "%s", why);
+        _exit(127);
+    }
+    if (chdir(workdir && *workdir ? workdir : (g_workdir ? g_workdir : "/")) < 0) {
+        init_report(report, "cannot enter workdir %s: %s", workdir && *workdir ? workdir : g_workdir,
+                    strerror(errno));
+        _exit(127);
+    }
+    for (int i = 0; i < nenv; i++) {
+        char *eq = strchr(env[i], '=');
+        if (!eq || eq == env[i])
+            continue;
+        *eq = '\0';
+        setenv(env[i], eq + 1, 1);
+        *eq = '=';
+    }
+    execvp(args[0], args);
+    init_report(report, "cannot run %s: %s", args[0], strerror(errno));
+    _exit(127);
+}
+
+/* One request on a new connection: run the command, or say why not. */
+static void exec_request(int conn)
+{
+    static char buf[EXEC_MSG_MAX + 1];
+    static char *args[EXEC_MSG_MAX / 4], *env[EXEC_MSG_MAX / 4];
+    char control[CMSG_SPACE(3 * sizeof(int))];
+    struct iovec iov = {buf, EXEC_MSG_MAX};
+    struct msghdr msg;
+    struct cmsghdr *cmsg;
+    int fds[3] = {-1, -1, -1}, nfds = 0, nargs = 0, nenv = 0, report[2];
+    const char *user = NULL, *workdir = NULL;
+    ssize_t n;
+    pid_t pid;
+
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    do {
+        n = recvmsg(conn, &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    for (cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+        if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {
+            int count = (int)((cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; i < count; i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof fd);
+                if (nfds < 3)
+                    fds[nfds++] = fd;
+                else
+                    close(fd);
+            }
+        }
+    }
+    if (n <= 0 || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || nfds != 3) {
+        exec_reply(conn, "err invalid exec request");
+        goto refused;
+    }
+    buf[n] = '\0';
+    for (char *p = buf; p < buf + n; p += strlen(p) + 1) {
+        if (strncmp(p, "a:", 2) == 0)
+            args[nargs++] = p + 2;
+        else if (strncmp(p, "e:", 2) == 0)
+            env[nenv++] = p + 2;
+        else if (strncmp(p, "u:", 2) == 0)
+            user = p + 2;
+        else if (strncmp(p, "w:", 2) == 0)
+            workdir = p + 2;
+    }
+    args[nargs] = NULL;
+    if (nargs == 0) {
+        exec_reply(conn, "err exec needs a command");
+        goto refused;
+    }
+    if (g_nexecs >= MAX_EXECS) {
+        exec_reply(conn, "err too many commands running in the sprite");
+        goto refused;
+    }
+    if (pipe2(report, O_CLOEXEC) < 0) {
+        exec_reply(conn, "err pipe: %s", strerror(errno));
+        goto refused;
+    }
+    pid = fork();
+    if (pid < 0) {
+        exec_reply(conn, "err cannot start the command: %s", strerror(errno));
+        close(report[0]);
+        close(report[1]);
+        goto refused;
+    }
+    if (pid == 0) {
+        close(report[0]);
+        exec_child(report[1], fds, user, workdir, env, nenv, args);
+    }
+    close(report[1]);
+    for (int i = 0; i < 3; i++)
+        close(fds[i]);
+    do {
+        n = read(report[0], buf, 512);
+    } while (n < 0 && errno == EINTR);
+    close(report[0]);
+    if (n > 0) {
+        buf[n] = '\0';
+        exec_reply(conn, "err %s", buf);
+        close(conn);
+        return; /* the child exits 127 and is reaped like any other */
+    }
+    exec_reply(conn, "run");
+    g_execs[g_nexecs].conn = conn;
+    g_execs[g_nexecs++].pid = pid;
+    return;
+refused:
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+    close(conn);
+}
+
+/* A message from a caller: a signal for its command, or its going away. */
+static void exec_message(int i)
+{
+    char buf[32];
+    ssize_t n = recv(g_execs[i].conn, buf, sizeof buf - 1, MSG_DONTWAIT);
+
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n > 1 && buf[0] == 's') {
+        buf[n] = '\0';
+        int sig = atoi(buf + 1);
+        if (sig > 0 && sig < 65)
+            kill(g_execs[i].pid, sig);
+        return;
+    }
+    /* The caller is gone (or spoke nonsense): so is its command. */
+    kill(g_execs[i].pid, SIGKILL);
+    close(g_execs[i].conn);
+    g_execs[i].conn = -1;
+}
+
+/* A reaped process: if it was an exec'd command, tell its caller. */
+static void exec_ended(pid_t pid, int status)
+{
+    for (int i = 0; i < g_nexecs; i++) {
+        if (g_execs[i].pid != pid)
+            continue;
+        if (g_execs[i].conn >= 0) {
+            if (WIFSIGNALED(status))
+                exec_reply(g_execs[i].conn, "signal %d", WTERMSIG(status));
+            else
+                exec_reply(g_execs[i].conn, "exit %d", WEXITSTATUS(status));
+            close(g_execs[i].conn);
+        }
+        g_execs[i] = g_execs[--g_nexecs];
+        return;
+    }
 }
 
 static void __attribute__((noreturn)) run_init(int go)
@@ -973,22 +1213,50 @@ static void __attribute__((noreturn)) run_init(int go)
     g_log = -1;
 
     /* The signals stay blocked (inherited from the supervisor): a namespace
-     * init ignores unhandled signals, but blocked ones wait for sigwaitinfo. */
+     * init ignores unhandled signals, but blocked ones reach its signalfd. */
     sigemptyset(&set);
     sigaddset(&set, SIGCHLD);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
     sigaddset(&set, SIGQUIT);
+    int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     for (;;) {
-        siginfo_t si;
-        int sig = sigwaitinfo(&set, &si);
-        if (sig < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
+        struct pollfd pfd[2 + MAX_EXECS];
+        int n_poll = 0, first_exec, signalled = 0, chld = 0;
+
+        pfd[n_poll].fd = sfd;
+        pfd[n_poll++].events = POLLIN;
+        pfd[n_poll].fd = terminating ? -1 : g_exec_listen;
+        pfd[n_poll++].events = POLLIN;
+        first_exec = n_poll;
+        for (int i = 0; i < g_nexecs; i++) {
+            pfd[n_poll].fd = g_execs[i].conn;
+            pfd[n_poll++].events = POLLIN;
         }
-        if (sig != SIGCHLD && !terminating) {
+        if (poll(pfd, (nfds_t)n_poll, sfd < 0 ? 200 : -1) < 0 && errno != EINTR)
+            break;
+        if (sfd < 0) {
+            chld = 1;
+        } else if (pfd[0].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+                if (si.ssi_signo == SIGCHLD)
+                    chld = 1;
+                else
+                    signalled = 1;
+            }
+        }
+        for (int i = g_nexecs - 1; i >= 0; i--)
+            if (first_exec + i < n_poll && pfd[first_exec + i].revents && g_execs[i].conn >= 0 &&
+                g_execs[i].conn == pfd[first_exec + i].fd)
+                exec_message(i);
+        if (pfd[1].fd >= 0 && (pfd[1].revents & POLLIN)) {
+            int conn = accept4(g_exec_listen, NULL, NULL, SOCK_CLOEXEC);
+            if (conn >= 0)
+                exec_request(conn);
+        }
+        if (signalled && !terminating) {
             terminating = 1;
             kill(-1, SIGTERM);
             /* Interactive shells ignore SIGTERM; a console hangup ends them. */
@@ -996,6 +1264,8 @@ static void __attribute__((noreturn)) run_init(int go)
                 kill(-main_pid, SIGHUP);
             kill(-1, SIGCONT);
         }
+        if (!chld && !signalled)
+            continue;
         for (;;) {
             int st;
             pid_t p = waitpid(-1, &st, WNOHANG);
@@ -1003,6 +1273,8 @@ static void __attribute__((noreturn)) run_init(int go)
                 if (p == main_pid) {
                     main_status = st;
                     main_done = 1;
+                } else {
+                    exec_ended(p, st);
                 }
                 continue;
             }
@@ -1138,6 +1410,7 @@ static void __attribute__((noreturn)) supervise(void)
     }
     close(go_pipe[0]);
     close(g_slave);
+    close(g_exec_listen);
     for (int i = 0; i < g_ncgroups; i++)
         close(g_cgroup_fds[i]);
     if (g_userns == 1 && write_maps(init_pid) < 0) {
@@ -1347,6 +1620,23 @@ static void prepare_console(void)
         close(sdfd);
     if (listen(g_listen, 16) < 0)
         fail("listen: %s", strerror(errno));
+
+    /* The init's exec service (see exec_request), reachable from the host only. */
+    g_exec_listen = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (g_exec_listen < 0)
+        fail("socket: %s", strerror(errno));
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    snprintf(addr.sun_path, sizeof addr.sun_path, "/proc/self/fd/%d/exec.sock", g_dirfd);
+    old = umask(0177);
+    if (bind(g_exec_listen, (struct sockaddr *)&addr, sizeof addr) < 0) {
+        int err = errno;
+        umask(old);
+        fail("cannot bind the exec socket: %s", strerror(err));
+    }
+    umask(old);
+    if (listen(g_exec_listen, 16) < 0)
+        fail("listen: %s", strerror(errno));
 }
 
 static int parse_userns(const char *v)
@@ -1471,24 +1761,173 @@ static int cmd_start(int argc, char **argv)
 /* --------------------------------------------------------------------- exec */
 
 static int g_error_fd = -1;
+/* How a pass-through exec (the helper took its caller's place) reports what
+ * the caller would have: --error-prefix before a setup failure, then exit
+ * --error-status; --timeout-message when --timeout ran out. */
+static const char *g_error_prefix = "", *g_timeout_message;
+static int g_error_status = 125;
+static long g_timeout_ms;
 
-/* A setup failure of exec: one line on the error fd (else stderr), status 125. */
+/* A setup failure of exec: one line on the error fd (else stderr). */
 static int exec_fail(const char *fmt, ...)
 {
-    char buf[512];
+    char buf[1024];
     va_list ap;
-    int n;
+    int n, m;
 
+    n = snprintf(buf, sizeof buf, "%s", g_error_fd >= 0 ? "" : g_error_prefix);
+    if (n < 0 || n >= (int)sizeof buf - 2)
+        n = 0;
     va_start(ap, fmt);
-    n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+    m = vsnprintf(buf + n, sizeof buf - 1 - (size_t)n, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return 125;
+    if (m < 0)
+        return g_error_status;
+    n += m;
     if (n > (int)sizeof buf - 2)
         n = (int)sizeof buf - 2;
     buf[n++] = '\n';
     write_all(g_error_fd >= 0 ? g_error_fd : 2, buf, (size_t)n);
-    return 125;
+    return g_error_status;
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The command ran past --timeout and was stopped: say so as the caller would. */
+static int timed_out(void)
+{
+    if (g_timeout_message) {
+        write_all(2, g_timeout_message, strlen(g_timeout_message));
+        write_all(2, "\n", 1);
+    }
+    return g_error_status;
+}
+
+/* Run the command through the sprite's init (see exec_request) and return
+ * the status to exit with; -1 when the sprite offers no exec service (it
+ * was started by an older helper), so the caller enters it itself. */
+static int exec_through_init(const char *socket_path, char **args, char **extra, int nextra)
+{
+    static char msg[EXEC_MSG_MAX];
+    char control[CMSG_SPACE(3 * sizeof(int))], reply[600];
+    struct sockaddr_un addr;
+    struct iovec iov;
+    struct msghdr hdr;
+    struct cmsghdr *cmsg;
+    int fds[3] = {0, 1, 2}, dfd, s, sfd;
+    size_t used = 0;
+    ssize_t n;
+    sigset_t set;
+
+    s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (s < 0 || socket_address(socket_path, &addr, &dfd) < 0) {
+        if (s >= 0)
+            close(s);
+        return -1;
+    }
+    n = connect(s, (struct sockaddr *)&addr, sizeof addr);
+    if (dfd >= 0)
+        close(dfd);
+    if (n < 0) {
+        close(s);
+        return -1;
+    }
+#define PUT(prefix, value)                                                          \
+    do {                                                                            \
+        size_t len_ = strlen(value);                                                \
+        if (used + 2 + len_ + 1 > sizeof msg)                                       \
+            return exec_fail("the command and its environment are too long");      \
+        memcpy(msg + used, prefix, 2);                                              \
+        memcpy(msg + used + 2, value, len_ + 1);                                    \
+        used += 2 + len_ + 1;                                                       \
+    } while (0)
+    if (g_user)
+        PUT("u:", g_user);
+    if (g_workdir)
+        PUT("w:", g_workdir);
+    for (int e = 0; e < nextra; e++)
+        PUT("e:", extra[e]);
+    for (char **a = args; *a; a++)
+        PUT("a:", *a);
+#undef PUT
+    iov.iov_base = msg;
+    iov.iov_len = used;
+    memset(&hdr, 0, sizeof hdr);
+    memset(control, 0, sizeof control);
+    hdr.msg_iov = &iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = control;
+    hdr.msg_controllen = sizeof control;
+    cmsg = CMSG_FIRSTHDR(&hdr);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof fds);
+    memcpy(CMSG_DATA(cmsg), fds, sizeof fds);
+    if (sendmsg(s, &hdr, MSG_NOSIGNAL) < 0)
+        return exec_fail("cannot reach the sprite's init: %s", strerror(errno));
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGQUIT);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    long long deadline = g_timeout_ms > 0 ? now_ms() + g_timeout_ms : -1;
+    int stopping = 0; /* 1: SIGTERM sent after the timeout, 2: SIGKILL too */
+    for (int started = 0;;) {
+        struct pollfd pfd[2] = {{s, POLLIN, 0}, {sfd, POLLIN, 0}};
+        int wait = -1;
+        if (deadline >= 0) {
+            long long left = deadline - now_ms();
+            if (left <= 0 && stopping < 2) {
+                send(s, stopping == 0 ? "s15" : "s9", 3 - (stopping == 1), MSG_NOSIGNAL);
+                stopping++;
+                deadline = stopping == 1 ? now_ms() + 2000 : -1;
+                continue;
+            }
+            wait = left > 0 ? (int)left : 0;
+        }
+        if (poll(pfd, sfd >= 0 ? 2 : 1, wait) < 0) {
+            if (errno == EINTR)
+                continue;
+            return exec_fail("poll: %s", strerror(errno));
+        }
+        if (sfd >= 0 && (pfd[1].revents & POLLIN)) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+                char note[16];
+                int len = snprintf(note, sizeof note, "s%u", si.ssi_signo);
+                send(s, note, (size_t)len, MSG_NOSIGNAL);
+            }
+        }
+        if (!pfd[0].revents)
+            continue;
+        n = recv(s, reply, sizeof reply - 1, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (!started)
+                return exec_fail("sprite '%s' is not running", g_name ? g_name : "?");
+            return stopping ? timed_out() : 128 + SIGKILL; /* the sprite ended under it */
+        }
+        reply[n] = '\0';
+        if (strncmp(reply, "err ", 4) == 0)
+            return exec_fail("%s", reply + 4);
+        if (strcmp(reply, "run") == 0)
+            started = 1;
+        else if (stopping && (strncmp(reply, "exit ", 5) == 0 || strncmp(reply, "signal ", 7) == 0))
+            return timed_out();
+        else if (strncmp(reply, "exit ", 5) == 0)
+            return atoi(reply + 5);
+        else if (strncmp(reply, "signal ", 7) == 0)
+            return 128 + atoi(reply + 7);
+    }
 }
 
 /* Set NAME=VALUE in envp (replacing NAME if present). */
@@ -1516,6 +1955,7 @@ static int cmd_exec(int argc, char **argv)
     static char *envp[MAX_ENV];
     static char *extra_env[MAX_ENV];
     int nenv = 0, nextra = 0;
+    const char *exec_socket = NULL;
 
     for (i = 2; i < argc; i++) {
         const char *a = argv[i];
@@ -1537,6 +1977,16 @@ static int cmd_exec(int argc, char **argv)
         else if (strcmp(a, "--env") == 0 && strchr(v, '=') && v[0] != '=') {
             if (nextra < MAX_ENV - 1)
                 extra_env[nextra++] = argv[i];
+        } else if (strcmp(a, "--exec-socket") == 0) {
+            exec_socket = v;
+        } else if (strcmp(a, "--timeout-ms") == 0) {
+            g_timeout_ms = strtol(v, NULL, 10);
+        } else if (strcmp(a, "--timeout-message") == 0) {
+            g_timeout_message = v;
+        } else if (strcmp(a, "--error-prefix") == 0) {
+            g_error_prefix = v;
+        } else if (strcmp(a, "--error-status") == 0) {
+            g_error_status = atoi(v);
         } else if (strcmp(a, "--error-fd") == 0) {
             g_error_fd = parse_fd(v);
             if (g_error_fd > 2)
@@ -1551,6 +2001,11 @@ static int cmd_exec(int argc, char **argv)
     pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (pidfd < 0 || proc_start(pid) != start)
         return exec_fail("sprite '%s' is not running", g_name ? g_name : "?");
+    if (exec_socket) {
+        int status = exec_through_init(exec_socket, argv + i, extra_env, nextra);
+        if (status >= 0)
+            return status;
+    }
     snprintf(path, sizeof path, "/proc/%d/environ", (int)pid);
     int efd = open(path, O_RDONLY | O_CLOEXEC);
     if (efd >= 0) {
@@ -1620,9 +2075,24 @@ static int cmd_exec(int argc, char **argv)
         execvpe(argv[i], argv + i, envp);
         _exit(exec_fail("cannot run %s: %s", argv[i], strerror(errno)));
     }
+    long long deadline = g_timeout_ms > 0 ? now_ms() + g_timeout_ms : -1;
+    int stopping = 0;
     for (;;) {
         siginfo_t si;
-        int sig = sigwaitinfo(&set, &si);
+        int sig;
+        if (deadline >= 0) {
+            long long left = deadline - now_ms();
+            if (left <= 0 && stopping < 2) {
+                kill(child, stopping == 0 ? SIGTERM : SIGKILL);
+                stopping++;
+                deadline = stopping == 1 ? now_ms() + 2000 : -1;
+                continue;
+            }
+            struct timespec ts = {(time_t)(left / 1000), (long)(left % 1000) * 1000000};
+            sig = sigtimedwait(&set, &si, &ts);
+        } else {
+            sig = sigwaitinfo(&set, &si);
+        }
         if (sig < 0)
             continue;
         if (sig != SIGCHLD) {
@@ -1632,6 +2102,8 @@ static int cmd_exec(int argc, char **argv)
         int st;
         pid_t p = waitpid(child, &st, WNOHANG);
         if (p == child) {
+            if (stopping)
+                return timed_out();
             if (WIFSIGNALED(st))
                 return 128 + WTERMSIG(st);
             return WEXITSTATUS(st);
