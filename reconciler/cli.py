@@ -179,6 +179,7 @@ def cli(
     \b
     Declarative:  plan, apply, destroy   (a manifest, sprites.yaml)
     Imperative:   start, list, attach, kill, logs
+    In a sprite:  exec, cp
     Agents:       mcp                  (the tools over the Model Context Protocol)
 
     Exit status: 0 success, 1 error (with --detailed-exitcode on plan: 2 means changes).
@@ -527,7 +528,8 @@ def mcp(state: State) -> None:
     """Serve the agent tools to an MCP client on stdin/stdout.
 
     \b
-    Tools: SpawnSprite, AttachSprite, ListSprites, KillSprite, PlanSprites, ApplySprites.
+    Tools: SpawnSprite, AttachSprite, ListSprites, KillSprite, PlanSprites, ApplySprites,
+    ExecInSprite, CopyToSprite, CopyFromSprite.
     Register it with an agent as the command `sprites mcp`. Needs the mcp extra.
     """
     try:
@@ -717,6 +719,138 @@ def image_build(state: State, as_json: bool) -> None:
         click.echo(envelope.to_json(document))
     else:
         click.echo(f"✅ Built the microVM guest image\n\nkernel: {built.kernel}\ninitrd: {built.initrd}")
+
+
+# -- inside a sprite ---------------------------------------------------------
+
+
+@cli.command("exec")
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True)
+@click.option(
+    "-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable (repeatable)."
+)
+@click.option("-w", "--workdir", metavar="DIR", help="Run in DIR (default: the sprite's).")
+@click.option(
+    "--timeout",
+    metavar="DURATION",
+    help="Stop the command after this long, e.g. 30s (default: agent.timeout; 0: never).",
+)
+@click.option(
+    "-u",
+    "--user",
+    metavar="USER",
+    help="root, sprite, nobody or uid[:gid] (default: the sprite's).",
+)
+@json_option
+@pass_state
+@click.pass_context
+def exec_(
+    ctx: click.Context,
+    state: State,
+    name: str,
+    command: tuple[str, ...],
+    env: tuple[str, ...],
+    workdir: str | None,
+    timeout: str | None,
+    user: str | None,
+    as_json: bool,
+) -> None:
+    """Run a command inside a sprite: sprites exec NAME [OPTIONS] -- COMMAND [ARGS...]
+
+    Its stdout and stderr stream here, stdin is passed on when it is not a
+    terminal, and sprites exits with the command's exit code. With --json,
+    prints {success, message, data: {exitCode, stdout, stderr, durationMs}}
+    once it ends (success: the command ran).
+    """
+    from reconciler.models import units
+
+    terminal = sys.stdin is None or sys.stdin.isatty()
+    try:
+        variables: dict[str, str] = {}
+        for item in env:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise UsageError(f"--env {item!r}: expected KEY=VALUE")
+            variables[key] = value
+        try:
+            limit = units.parse_duration(timeout) if timeout is not None else None
+        except ValueError as exc:
+            raise UsageError(f"--timeout: {exc}") from None
+        engine = state.engine()
+        options: dict[str, Any] = {
+            "env": variables,
+            "workdir": workdir,
+            "user": user,
+            "timeout": limit,
+        }
+        if not as_json and _plain_stdio():
+            # Where the runtime can, it takes this process's place: nothing
+            # is copied on the way. It returns only where it cannot.
+            engine.exec_replace(name, command, stdin=not terminal, **options)
+        from reconciler.views import envelope
+
+        out = envelope.capture(envelope.EXEC_OUTPUT_LIMIT)
+        err = envelope.capture(envelope.EXEC_OUTPUT_LIMIT)
+        streams = (click.get_binary_stream("stdout"), click.get_binary_stream("stderr"))
+        sinks = (out, err) if as_json else streams
+        result = engine.exec(
+            name,
+            command,
+            stdin=None if terminal else click.get_binary_stream("stdin"),
+            stdout=sinks[0],
+            stderr=sinks[1],
+            **options,
+        )
+    except ReconcilerError as error:
+        _fail(error, as_json, name=name, command=list(command))
+    if as_json:
+        click.echo(envelope.to_json(envelope.executed(name, command, result, out, err)))
+    ctx.exit(result.exit_code)
+
+
+def _plain_stdio() -> bool:
+    """stdin, stdout and stderr are this process's own descriptors 0, 1, 2
+    (not captured, as a test runner or an embedding program does)."""
+    try:
+        streams = (sys.stdin, sys.stdout, sys.stderr)
+        return all(s is not None and s.fileno() == fd for fd, s in enumerate(streams))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("destination")
+@click.option(
+    "-u",
+    "--user",
+    metavar="USER",
+    help="Who copies inside the sprite, and owns what is copied in (default: the sprite's user).",
+)
+@json_option
+@pass_state
+def cp(state: State, source: str, destination: str, user: str | None, as_json: bool) -> None:
+    """Copy files between this host and a sprite: one of SOURCE and
+    DESTINATION is <sprite>:<path>.
+
+    \b
+    As docker cp: a file copied onto a directory goes inside it; a directory
+    copied to a path that does not exist becomes that path, and onto an
+    existing directory goes inside it (only its contents when SOURCE ends
+    with /.). Modes are kept; paths in a sprite start at its root.
+    Examples:
+      sprites cp ./project agent-1:/work/project
+      sprites cp agent-1:/work/project/results.xml .
+    """
+    from reconciler.views import envelope
+
+    try:
+        result = state.engine().copy(source, destination, user=user)
+    except ReconcilerError as error:
+        _fail(error, as_json, source=source, destination=destination)
+    document = envelope.copied(result)
+    click.echo(envelope.to_json(document) if as_json else f"✅ {document['message']}")
 
 
 # -- entry points ------------------------------------------------------------

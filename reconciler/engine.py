@@ -12,19 +12,28 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler import config as config_mod
-from reconciler.drivers.base import CallResult, Driver, StartRequest
+from reconciler.drivers.base import (
+    CallResult,
+    Driver,
+    ExecInput,
+    ExecResult,
+    OutputSink,
+    StartRequest,
+)
 from reconciler.errors import (
     ApprovalError,
     BudgetExceededError,
     InvalidNameError,
     ReconcilerError,
+    RuntimeCallError,
+    RuntimeTimeoutError,
     RuntimeUnavailableError,
     StalePlanError,
     UsageError,
@@ -42,6 +51,7 @@ if TYPE_CHECKING:
     from reconciler.models.plan import Plan
     from reconciler.state import StateStore
     from reconciler.status import StatusReport
+    from reconciler.transfer import Copied
 
 
 def check_name(name: str) -> str:
@@ -150,10 +160,10 @@ class Engine:
                 self._driver = None
 
     def _default_driver(self) -> Driver:
-        from reconciler.drivers import wisp
-
         agent = self.config.agent
         if self.runtime in ("wisp", "auto"):
+            from reconciler.drivers import wisp
+
             path = wisp.resolve_wisp(agent.wisp_path)
             if path is not None:
                 return wisp.WispDriver(path, timeout=agent.timeout)
@@ -260,6 +270,153 @@ class Engine:
 
     def logs(self, name: str | None) -> CallResult:
         return self.driver.logs(check_name(name) if name is not None else None)
+
+    # -- inside a sprite -------------------------------------------------
+
+    def exec(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        stdin: ExecInput = None,
+        stdout: OutputSink | None = None,
+        stderr: OutputSink | None = None,
+    ) -> ExecResult:
+        """Run ``argv`` inside sprite ``name`` and wait for it (see
+        :meth:`Driver.exec`); ``timeout`` None is agent.timeout, 0 none. A
+        command that ran returns, whatever its exit code."""
+        check_name(name)
+        if not argv or not argv[0]:
+            raise UsageError(
+                "exec needs a command", hint="Run: sprites exec NAME -- COMMAND [ARGS...]"
+            )
+        driver = self.driver
+        run = getattr(driver, "exec", None)
+        if run is None:
+            raise RuntimeCallError(
+                "exec", f"exec is not supported by the {driver.name} runtime yet"
+            )
+        limit = self.config.agent.timeout if timeout is None else timeout
+        result: ExecResult = run(
+            name,
+            list(argv),
+            env=env,
+            workdir=workdir,
+            user=user,
+            timeout=limit,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+        )
+        return result
+
+    def exec_replace(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        stdin: bool = True,
+    ) -> None:
+        """Hand this process over to the runtime's own exec, when the runtime
+        offers that (the built-in one does): nothing is copied on the way,
+        the exit status is the command's, and a failure or timeout prints
+        what :meth:`exec` would have raised (rendered) and exits 1. Returns
+        only when it cannot; the caller then uses :meth:`exec`."""
+        check_name(name)
+        if not argv or not argv[0]:
+            raise UsageError(
+                "exec needs a command", hint="Run: sprites exec NAME -- COMMAND [ARGS...]"
+            )
+        replace = getattr(self.driver, "exec_replace", None)
+        if replace is None:
+            return
+        limit = self.config.agent.timeout if timeout is None else timeout
+        replace(
+            name,
+            list(argv),
+            env=env,
+            workdir=workdir,
+            user=user,
+            timeout=limit,
+            stdin=stdin,
+            error_prefix=RuntimeCallError("exec", "").render(),
+            error_status=1,
+            timeout_message=RuntimeTimeoutError("exec", limit).render() if limit > 0 else "",
+        )
+
+    def copy(
+        self,
+        source: str,
+        destination: str,
+        *,
+        user: str | None = None,
+        timeout: float | None = None,
+    ) -> Copied:
+        """``sprites cp SRC DST``: one side ``<sprite>:<path>``, the other a
+        host path; tar over exec, with docker cp's rules (see
+        :mod:`reconciler.transfer`)."""
+        from reconciler import transfer
+
+        src, dst = transfer.parse_location(source), transfer.parse_location(destination)
+        if (src.sprite is None) == (dst.sprite is None):
+            raise UsageError(
+                "One side of a copy must be <sprite>:<path> and the other a local path",
+                hint="e.g. sprites cp ./project agent-1:/work/project",
+            )
+        if dst.sprite is not None:
+            return self.copy_to(dst.sprite, src.path, dst.path, user=user, timeout=timeout)
+        assert src.sprite is not None
+        return self.copy_from(src.sprite, src.path, dst.path, user=user, timeout=timeout)
+
+    def copy_to(
+        self,
+        name: str,
+        source: str,
+        destination: str,
+        *,
+        user: str | None = None,
+        timeout: float | None = None,
+    ) -> Copied:
+        """Copy host path ``source`` to ``destination`` in sprite ``name``."""
+        from reconciler import transfer
+
+        run = self._exec_for_copy(check_name(name), user, timeout)
+        return transfer.copy_to(
+            run, transfer.Location(source), transfer.Location(destination, name)
+        )
+
+    def copy_from(
+        self,
+        name: str,
+        source: str,
+        destination: str,
+        *,
+        user: str | None = None,
+        timeout: float | None = None,
+    ) -> Copied:
+        """Copy ``source`` in sprite ``name`` to host path ``destination``."""
+        from reconciler import transfer
+
+        run = self._exec_for_copy(check_name(name), user, timeout)
+        return transfer.copy_from(
+            run, transfer.Location(source, name), transfer.Location(destination)
+        )
+
+    def _exec_for_copy(
+        self, name: str, user: str | None, timeout: float | None
+    ) -> Callable[[Sequence[str], ExecInput, OutputSink | None], ExecResult]:
+        def run(argv: Sequence[str], stdin: ExecInput, stdout: OutputSink | None) -> ExecResult:
+            return self.exec(name, argv, user=user, timeout=timeout, stdin=stdin, stdout=stdout)
+
+        return run
 
     # -- declarative -----------------------------------------------------
 

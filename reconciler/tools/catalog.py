@@ -195,6 +195,59 @@ TOOLS: dict[str, ToolSpec] = {
             destructive=True,
             idempotent=True,
         ),
+        ToolSpec(
+            name="ExecInSprite",
+            title="Run a command in a sprite",
+            description=(
+                "Run a command inside a running sprite and wait for it: its own filesystem "
+                "(/work is the default directory), its user (sprite, uid 1000) and no access to "
+                "this host. command is an argument list (no shell unless you run sh -c); env, "
+                "workdir, user, timeout and stdin (text) are optional. Use it to build, test "
+                "and inspect what you copied in with CopyToSprite. success is true when the "
+                "command ran, whatever its exit code: check data.exitCode. data: name, "
+                "command, exitCode, stdout, stderr, durationMs; long output keeps its start "
+                "and end with a '[... truncated: N bytes ...]' marker between them, and "
+                "data.truncated is true. " + _ENVELOPE
+            ),
+            arguments=sprites.ExecInSpriteArguments,
+            function=sprites.exec_in_sprite,
+            read_only=False,
+            destructive=False,
+            idempotent=False,
+        ),
+        ToolSpec(
+            name="CopyToSprite",
+            title="Copy files into a sprite",
+            description=(
+                "Copy a file or directory from this host into a running sprite, modes kept, "
+                "owned by the sprite's user. Rules as docker cp: onto an existing directory "
+                "it goes inside it; to a path that does not exist (whose parent exists) it "
+                "becomes that path; a source ending in '/.' copies a directory's contents. "
+                "data: name, source, destination, path (where it landed), files, bytes. "
+                + _ENVELOPE
+            ),
+            arguments=sprites.CopyToSpriteArguments,
+            function=sprites.copy_to_sprite,
+            read_only=False,
+            destructive=False,
+            idempotent=True,
+        ),
+        ToolSpec(
+            name="CopyFromSprite",
+            title="Copy files out of a sprite",
+            description=(
+                "Copy a file or directory from a running sprite to this host (results, "
+                "reports, build output), modes kept. Same rules as CopyToSprite. Anything in "
+                "what comes out that would land outside the destination (absolute or '..' "
+                "names, links leading out) stops the copy. data: name, source, destination, "
+                "path, files, bytes. " + _ENVELOPE
+            ),
+            arguments=sprites.CopyFromSpriteArguments,
+            function=sprites.copy_from_sprite,
+            read_only=False,
+            destructive=False,
+            idempotent=True,
+        ),
     )
 }
 

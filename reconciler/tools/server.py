@@ -34,6 +34,9 @@ console output, KillSprite terminates one.
 Declarative: write a manifest (YAML: version 1, project, sprites), review PlanSprites, \
 then ApplySprites with approve: true; apply only starts, replaces and kills sprites its \
 project owns.
+Inside a sprite: CopyToSprite puts files in (e.g. a project into /work), ExecInSprite runs \
+commands there (tests, builds; check data.exitCode), CopyFromSprite brings results back. \
+A sprite sees none of this host's files and, by default, no network beyond its own loopback.
 
 Every tool returns {success, message, data}. When success is false, message says why and \
 data.hint, when present, what to do next; nothing is thrown."""

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from reconciler.engine import Engine
 from reconciler.errors import ApprovalError, ReconcilerError, UsageError
 from reconciler.manifest import DEFAULT_MANIFEST, LoadedManifest, parse_manifest
+from reconciler.models import units
 from reconciler.views import envelope
 
 log = logging.getLogger("sprites.tools")
@@ -130,6 +131,74 @@ class ApplySpritesArguments(PlanSpritesArguments):
     )
 
 
+class ExecInSpriteArguments(_Arguments):
+    model_config = ConfigDict(title="ExecInSprite arguments")
+
+    name: str = Field(description="The sprite to run the command in.")
+    command: list[str] = Field(
+        min_length=1,
+        description=(
+            "The command as an argument list, run without a shell: the program, then its "
+            'arguments. For shell syntax use ["sh", "-c", "..."].'
+        ),
+        examples=[["python3", "-m", "pytest", "-q"], ["sh", "-c", "ls -la /work"]],
+    )
+    env: dict[str, str] | None = Field(None, description="Variables to add to its environment.")
+    workdir: str | None = Field(
+        None, description="Absolute directory to run in. Default: the sprite's (/work)."
+    )
+    user: str | None = Field(
+        None, description="root, sprite, nobody or uid[:gid]. Default: the sprite's (sprite)."
+    )
+    timeout: str | int | float | None = Field(
+        None,
+        description=(
+            "Stop the command after this long: seconds, or a duration such as '30s' or '10m'. "
+            "Default: the config's agent.timeout (300 s)."
+        ),
+        examples=["120s"],
+    )
+    stdin: str | None = Field(None, description="Text given to the command on its stdin.")
+
+
+class CopyToSpriteArguments(_Arguments):
+    model_config = ConfigDict(title="CopyToSprite arguments")
+
+    name: str = Field(description="The sprite to copy into.")
+    source: str = Field(
+        description=(
+            "A file or directory on this host (relative to the server's working directory). "
+            "A directory is copied with everything in it; ending it with '/.' copies only its "
+            "contents."
+        ),
+        examples=["./project"],
+    )
+    destination: str = Field(
+        description=(
+            "Where it goes in the sprite. An existing directory receives it inside; a path that "
+            "does not exist (in an existing directory) becomes it."
+        ),
+        examples=["/work/project"],
+    )
+
+
+class CopyFromSpriteArguments(_Arguments):
+    model_config = ConfigDict(title="CopyFromSprite arguments")
+
+    name: str = Field(description="The sprite to copy from.")
+    source: str = Field(
+        description="A file or directory in the sprite (absolute).",
+        examples=["/work/project/results.xml"],
+    )
+    destination: str = Field(
+        description=(
+            "Where it goes on this host (relative to the server's working directory). An "
+            "existing directory receives it inside; a path that does not exist becomes it."
+        ),
+        examples=["./results.xml"],
+    )
+
+
 # -- tools -------------------------------------------------------------------
 
 
@@ -211,6 +280,66 @@ def apply_sprites(
         return envelope.applied(outcome)
 
     return _run("ApplySprites", engine, run)
+
+
+def exec_in_sprite(
+    name: str,
+    command: list[str],
+    env: dict[str, str] | None = None,
+    workdir: str | None = None,
+    user: str | None = None,
+    timeout: str | int | float | None = None,
+    stdin: str | None = None,
+    *,
+    engine: EngineFactory = Engine,
+) -> dict[str, Any]:
+    """ExecInSprite: ``sprites exec NAME --json -- COMMAND...``, output capped."""
+
+    def run(eng: Engine) -> dict[str, Any]:
+        limit = None
+        if timeout is not None:
+            try:
+                limit = units.parse_duration(timeout)
+            except ValueError as exc:
+                raise UsageError(f"timeout: {exc}") from None
+        out = envelope.capture(envelope.TOOL_OUTPUT_LIMIT)
+        err = envelope.capture(envelope.TOOL_OUTPUT_LIMIT)
+        result = eng.exec(
+            name,
+            command,
+            env=env,
+            workdir=workdir,
+            user=user,
+            timeout=limit,
+            stdin=stdin.encode("utf-8") if stdin is not None else None,
+            stdout=out,
+            stderr=err,
+        )
+        return envelope.executed(name, command, result, out, err)
+
+    return _run("ExecInSprite", engine, run, name=name, command=command)
+
+
+def copy_to_sprite(
+    name: str, source: str, destination: str, *, engine: EngineFactory = Engine
+) -> dict[str, Any]:
+    """CopyToSprite: ``sprites cp SOURCE NAME:DESTINATION --json``."""
+
+    def run(eng: Engine) -> dict[str, Any]:
+        return envelope.copied(eng.copy_to(name, source, destination))
+
+    return _run("CopyToSprite", engine, run, name=name, source=source, destination=destination)
+
+
+def copy_from_sprite(
+    name: str, source: str, destination: str, *, engine: EngineFactory = Engine
+) -> dict[str, Any]:
+    """CopyFromSprite: ``sprites cp NAME:SOURCE DESTINATION --json``."""
+
+    def run(eng: Engine) -> dict[str, Any]:
+        return envelope.copied(eng.copy_from(name, source, destination))
+
+    return _run("CopyFromSprite", engine, run, name=name, source=source, destination=destination)
 
 
 # -- internals ---------------------------------------------------------------

@@ -8,9 +8,12 @@ builders here, so the same operation gives the same document.
 from __future__ import annotations
 
 import json
+import shlex
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from reconciler.drivers.base import CallResult
+from reconciler.drivers.base import CallResult, ExecResult
+from reconciler.drivers.execio import Capture
 from reconciler.errors import ReconcilerError, RuntimeCallError
 from reconciler.models import units
 from reconciler.models.observed import Inventory
@@ -18,6 +21,7 @@ from reconciler.models.observed import Inventory
 if TYPE_CHECKING:
     from reconciler.engine import ApplyOutcome
     from reconciler.models.plan import Plan
+    from reconciler.transfer import Copied
 
 
 def envelope(success: bool, message: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +73,75 @@ def logged(name: str | None, result: CallResult) -> dict[str, Any]:
         True,
         f"Logs of {target}",
         {"name": name, "stdout": result.stdout, "stderr": result.stderr},
+    )
+
+
+#: Most bytes of each output stream an exec envelope carries: for the CLI's
+#: --json, and for the agent tools (what an agent reads has to stay small).
+EXEC_OUTPUT_LIMIT = 1 << 20
+TOOL_OUTPUT_LIMIT = 32 << 10
+
+
+def capture(limit: int) -> Capture:
+    """A sink for exec output keeping its first quarter and last three quarters."""
+    return Capture(limit)
+
+
+def captured_text(kept: Capture | bytes) -> tuple[str, bool]:
+    """The text of captured output, with a marker where bytes were dropped;
+    and whether any were."""
+    if isinstance(kept, bytes):
+        return kept.decode("utf-8", "replace"), False
+    if not kept.dropped:
+        return kept.getvalue().decode("utf-8", "replace"), False
+    head = bytes(kept.head).decode("utf-8", "replace")
+    tail = bytes(kept.tail).decode("utf-8", "replace")
+    return f"{head}\n[... truncated: {kept.dropped} bytes of output left out ...]\n{tail}", True
+
+
+def executed(
+    name: str,
+    command: Sequence[str],
+    result: ExecResult,
+    stdout: Capture | bytes,
+    stderr: Capture | bytes,
+) -> dict[str, Any]:
+    """A command run in a sprite: success means it ran, whatever its exit code."""
+    out, out_cut = captured_text(stdout)
+    err, err_cut = captured_text(stderr)
+    data: dict[str, Any] = {
+        "name": name,
+        "command": list(command),
+        "exitCode": result.exit_code,
+        "stdout": out,
+        "stderr": err,
+        "durationMs": round(result.duration * 1000),
+    }
+    if out_cut or err_cut:
+        data["truncated"] = True
+    return envelope(
+        True,
+        f"Ran {shlex.join(command)} in Sprite '{name}': exit code {result.exit_code}",
+        data,
+    )
+
+
+def copied(result: Copied) -> dict[str, Any]:
+    name = result.source.sprite or result.destination.sprite
+    into = result.destination.sprite is not None
+    files = f"{result.files} file{'s' if result.files != 1 else ''}"
+    where = f"to Sprite '{name}'" if into else f"from Sprite '{name}'"
+    return envelope(
+        True,
+        f"Copied {files} ({units.format_size(result.bytes)}) {where}: {result.target}",
+        {
+            "name": name,
+            "source": str(result.source),
+            "destination": str(result.destination),
+            "path": result.target,
+            "files": result.files,
+            "bytes": result.bytes,
+        },
     )
 
 

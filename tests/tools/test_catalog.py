@@ -20,8 +20,15 @@ def never() -> Engine:
     raise AssertionError("the engine must not be built for invalid arguments")
 
 
-def test_the_six_tools_are_registered_in_order() -> None:
-    assert list(TOOLS) == [*GUIDE_TOOLS, "PlanSprites", "ApplySprites"]
+def test_the_tools_are_registered_in_order() -> None:
+    assert list(TOOLS) == [
+        *GUIDE_TOOLS,
+        "PlanSprites",
+        "ApplySprites",
+        "ExecInSprite",
+        "CopyToSprite",
+        "CopyFromSprite",
+    ]
     for name, spec in TOOLS.items():
         assert spec.name == name
 
@@ -35,6 +42,13 @@ def test_the_six_tools_are_registered_in_order() -> None:
         ("KillSprite", ["name"], ["name"]),
         ("PlanSprites", ["path", "manifest"], []),
         ("ApplySprites", ["path", "manifest", "approve"], []),
+        (
+            "ExecInSprite",
+            ["name", "command", "env", "workdir", "user", "timeout", "stdin"],
+            ["name", "command"],
+        ),
+        ("CopyToSprite", ["name", "source", "destination"], ["name", "source", "destination"]),
+        ("CopyFromSprite", ["name", "source", "destination"], ["name", "source", "destination"]),
     ],
 )
 def test_each_schema_comes_from_the_argument_model(

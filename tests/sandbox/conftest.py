@@ -1,0 +1,319 @@
+"""Fixtures for the sandbox tests: real built-in sprites (as root) on a
+private state dir, and a project (config + state dir) for the engine, the CLI
+and the agent tools, on the built-in runtime or the fake wisp.
+
+Whatever a test leaves behind is removed at its teardown, even when it
+fails: sprites (their processes, cgroups, sockets, records and files, kept
+ones too), host processes and files it planted. A session sweep catches
+cgroups of a run that died.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import secrets
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from reconciler.drivers import base
+from reconciler.drivers.builtin import cgroups, helper, make_driver, records, unavailable_reason
+from reconciler.drivers.builtin.driver import BuiltinDriver
+from reconciler.engine import Engine
+from tests.helpers.fakewisp import FakeWisp
+
+#: Every sprite these tests start is called ``sx-...``, so the sweep finds it.
+PREFIX = "sx-"
+HERE = pathlib.Path(__file__).resolve().parent
+MiB = 1 << 20
+#: The Python a sprite sees: its root has the host's /usr.
+SPRITE_PYTHON = "/usr/bin/python3"
+
+
+def _runtime_problem() -> str | None:
+    reason = unavailable_reason()
+    if reason:
+        return reason
+    if os.geteuid() != 0:
+        return "needs root: the tests run real sprites with cgroup limits"
+    if cgroups.detect() is None:
+        return "the kernel offers no memory, cpu and pids cgroup controllers"
+    if not os.access(SPRITE_PYTHON, os.X_OK):
+        return f"{SPRITE_PYTHON} is missing: the escape attempts run it inside sprites"
+    return None
+
+
+RUNTIME_PROBLEM = _runtime_problem()
+needs_runtime = pytest.mark.skipif(
+    RUNTIME_PROBLEM is not None, reason=f"built-in runtime unavailable: {RUNTIME_PROBLEM}"
+)
+
+
+@pytest.fixture(scope="session")
+def helper_binary(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    if RUNTIME_PROBLEM:
+        pytest.skip(f"built-in runtime unavailable: {RUNTIME_PROBLEM}")
+    return helper.ensure(tmp_path_factory.mktemp("helper-cache"))
+
+
+def seed_helper(state_dir: pathlib.Path, built: pathlib.Path) -> None:
+    """Put the session's helper build where a driver on ``state_dir`` looks."""
+    target = helper.helper_path(state_dir)
+    records.make_private_dir(target.parent)
+    if not target.exists():
+        try:
+            os.link(built, target)
+        except OSError:
+            shutil.copy2(built, target)
+
+
+def cleanup_state(state_dir: pathlib.Path) -> None:
+    """Kill every sprite recorded under ``state_dir``, then make sure nothing
+    it held is left: processes, cgroups, sockets, records, files."""
+    driver = make_driver(state_dir, timeout=10.0, grace=0.5)
+    sprites_dir = driver.layout.sprites
+    leftovers: list[tuple[list[str], list[tuple[int, int]]]] = []
+    if sprites_dir.is_dir():
+        for entry in sorted(sprites_dir.iterdir()):
+            groups: list[str] = []
+            procs: list[tuple[int, int]] = []
+            try:
+                fd = records.open_dir(entry)
+            except OSError:
+                continue
+            try:
+                limits, pids = records.read_json(fd, "limits"), records.read_kv(fd, "pids")
+            finally:
+                os.close(fd)
+            if limits:
+                groups = [str(d) for d in limits.get("dirs", [])]
+            for key in ("init", "supervisor"):
+                if pids and f"{key}_pid" in pids:
+                    procs.append((int(pids[f"{key}_pid"]), int(pids[f"{key}_start"])))
+            leftovers.append((groups, procs))
+            try:
+                driver.kill(entry.name)
+            except Exception:
+                pass
+    for groups, procs in leftovers:
+        for pid, began in procs:
+            pidfd = records.open_process(pid, began)
+            if pidfd is not None:
+                records.signal_process(pidfd, signal.SIGKILL)
+                records.wait_exit(pidfd, 2.0)
+                os.close(pidfd)
+        if groups:
+            cgroups.remove(cgroups.SpriteCgroups(1, tuple(groups), "", "", ""), timeout=5.0)
+    for directory in (driver.layout.run, driver.layout.sprites, driver.layout.files):
+        if directory.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _sweep_cgroups() -> None:
+    hierarchy = cgroups.detect()
+    if hierarchy is None:
+        return
+    roots = [hierarchy.unified] if hierarchy.version == 2 else [m for _, m in hierarchy.v1]
+    for root in roots:
+        parent = pathlib.Path(root) / cgroups.PARENT
+        if parent.is_dir():
+            for group in parent.iterdir():
+                if group.is_dir() and group.name.startswith(PREFIX):
+                    cgroups.remove(cgroups.SpriteCgroups(1, (str(group),), "", "", ""), timeout=5.0)
+
+
+_state_dirs: list[pathlib.Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_safety_net() -> Iterator[None]:
+    yield
+    for state_dir in list(_state_dirs):
+        cleanup_state(state_dir)
+    if not RUNTIME_PROBLEM:
+        _sweep_cgroups()
+
+
+@pytest.fixture
+def state_dir(tmp_path: pathlib.Path, helper_binary: pathlib.Path) -> Iterator[pathlib.Path]:
+    state = tmp_path / "state"
+    seed_helper(state, helper_binary)
+    _state_dirs.append(state)
+    try:
+        yield state
+    finally:
+        cleanup_state(state)
+        _state_dirs.remove(state)
+
+
+@pytest.fixture
+def driver(state_dir: pathlib.Path) -> Iterator[BuiltinDriver]:
+    drv = make_driver(state_dir, timeout=30.0, grace=1.0)
+    try:
+        yield drv
+    finally:
+        drv.close()
+
+
+Names = Callable[[str], str]
+
+
+@pytest.fixture
+def sprite_name() -> Names:
+    run = secrets.token_hex(3)
+
+    def make(label: str = "s") -> str:
+        return f"{PREFIX}{run}-{label}"[:63]
+
+    return make
+
+
+def start(
+    driver: BuiltinDriver,
+    name: str,
+    *command: str,
+    memory: int = 128 * MiB,
+    **options: object,
+) -> base.CallResult:
+    """Start a sprite (default command: sleep, so it stays up for exec)."""
+    env = options.pop("env", {})
+    assert isinstance(env, dict)
+    return driver.start(
+        base.StartRequest(
+            name=name,
+            memory=memory,
+            cpus=1,
+            command=command or ("sleep", "3600"),
+            env=env,
+            options=options,
+        )
+    )
+
+
+def run_in(driver: BuiltinDriver, name: str, *argv: str, **options: Any) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of a command inside the sprite."""
+    result = driver.exec(name, list(argv), timeout=60, **options)
+    return (
+        result.exit_code,
+        result.stdout.decode("utf-8", "replace"),
+        result.stderr.decode("utf-8", "replace"),
+    )
+
+
+def py_in(driver: BuiltinDriver, name: str, code: str, **options: Any) -> tuple[int, str, str]:
+    """Run Python code inside the sprite (the host's system Python, from /usr)."""
+    return run_in(driver, name, SPRITE_PYTHON, "-c", code, **options)
+
+
+@pytest.fixture
+def host_process() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Start host processes (sleep) that are killed at teardown."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL)
+        started.append(proc)
+        return proc
+
+    yield spawn
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def planted() -> Iterator[Callable[[pathlib.Path, str], pathlib.Path]]:
+    """Plant files on the host (removed at teardown)."""
+    made: list[pathlib.Path] = []
+
+    def plant(directory: pathlib.Path, text: str) -> pathlib.Path:
+        path = directory / f"sprites-planted-{secrets.token_hex(4)}"
+        path.write_text(text)
+        made.append(path)
+        return path
+
+    yield plant
+    for path in made:
+        path.unlink(missing_ok=True)
+
+
+# -- a project for the engine, the CLI and the tools --------------------------
+
+
+@dataclass
+class Project:
+    """A config and a state dir on one runtime ("builtin" or "fakewisp")."""
+
+    runtime: str
+    root: pathlib.Path
+    config_path: pathlib.Path
+    state_dir: pathlib.Path
+    fake: FakeWisp | None = None
+    agent: dict[str, Any] = field(default_factory=dict)
+
+    def engine(self) -> Engine:
+        return Engine(config_path=self.config_path, state_dir=self.state_dir)
+
+    def cli(self, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+        from click.testing import CliRunner
+
+        from reconciler.cli import cli
+
+        base_args = ["--config", str(self.config_path), "--state-dir", str(self.state_dir)]
+        result = CliRunner().invoke(cli, [*base_args, *args], input=stdin, catch_exceptions=False)
+        return result.exit_code, result.stdout, result.stderr
+
+    def sprite_dir(self, tmp: pathlib.Path) -> str:
+        """A directory path valid inside a sprite of this runtime: the fake
+        wisp runs commands on this host, so it gets a private host directory."""
+        if self.runtime == "fakewisp":
+            tmp.mkdir(parents=True, exist_ok=True)
+            return str(tmp)
+        return "/work"
+
+
+def make_project(kind: str, tmp_path: pathlib.Path, built: pathlib.Path | None) -> Project:
+    root = tmp_path / "project"
+    (root / ".wreckit").mkdir(parents=True)
+    project = Project(kind, root, root / ".wreckit" / "config.json", tmp_path / "state")
+    agent: dict[str, Any] = {"kind": "sprite", "maxVMs": 5, "timeout": 60}
+    if kind == "fakewisp":
+        project.fake = FakeWisp(tmp_path / "fakewisp")
+        project.fake.script(exec="run")
+        agent.update(runtime="wisp", wispPath=project.fake.path)
+    else:
+        assert built is not None
+        seed_helper(project.state_dir, built)
+        agent.update(runtime="builtin")
+    project.agent = agent
+    project.config_path.write_text(json.dumps({"agent": agent}))
+    return project
+
+
+@pytest.fixture(
+    params=["fakewisp", pytest.param("builtin", marks=[pytest.mark.root, needs_runtime])]
+)
+def project(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Project]:
+    """The same test on the fake wisp (commands run on this host) and on the
+    built-in runtime (real sprites)."""
+    built = None
+    if request.param == "builtin":
+        built = request.getfixturevalue("helper_binary")
+    proj = make_project(request.param, tmp_path, built)
+    if request.param == "builtin":
+        _state_dirs.append(proj.state_dir)
+    try:
+        yield proj
+    finally:
+        if request.param == "builtin":
+            cleanup_state(proj.state_dir)
+            _state_dirs.remove(proj.state_dir)
+        if proj.fake is not None:
+            proj.fake.kill_leftovers()
