@@ -359,6 +359,7 @@ def test_files_are_kept_only_when_asked(driver: BuiltinDriver, sprite_name: Name
     driver.kill(kept)
     assert not (driver.layout.files / gone).exists()
     assert (driver.layout.files / kept / "work" / "result").read_text() == "data\n"
+    assert f"its files are kept in {driver.layout.files / kept}" in driver.logs(None).stdout
     # A sprite of the same name finds them again.
     start(driver, kept, keep=True)
     assert run_in(driver, kept, "cat", "/work/result")[1] == "data\n"
@@ -450,3 +451,44 @@ def test_records_keep_pid_reuse_safety(driver: BuiltinDriver, sprite: str) -> No
     assert listed.pid is not None
     start_time = records.proc_stat(listed.pid)
     assert start_time is not None and records.is_alive(listed.pid, start_time[1])
+
+
+def test_without_user_namespaces_root_inside_still_cannot_escape(
+    driver: BuiltinDriver, sprite_name: Names, planted: Callable[[pathlib.Path, str], pathlib.Path]
+) -> None:
+    """Where user namespaces are disabled, root inside is root on the host,
+    without capabilities; the kernel's knobs in /proc are read-only to it."""
+    driver.userns = 0
+    name = sprite_name("nouserns")
+    start(driver, name)
+    secret = planted(pathlib.Path("/root"), "root-secret")
+    assert run_in(driver, name, "cat", str(secret), user="root")[0] != 0
+    _, status, _ = run_in(driver, name, "cat", "/proc/self/status", user="root")
+    assert "CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
+    knobs = ["/proc/sys/vm/drop_caches", "/proc/sys/kernel/panic"]
+    if os.path.exists("/proc/sysrq-trigger"):
+        knobs.append("/proc/sysrq-trigger")
+    for path in knobs:
+        code, _, err = run_in(driver, name, "sh", "-c", f"echo 0 > {path}", user="root")
+        assert code != 0 and ("Read-only" in err or "denied" in err), (path, err)
+    for argv in (["touch", "/usr/x"], ["mount", "-t", "tmpfs", "none", "/tmp"]):
+        assert run_in(driver, name, *argv, user="root")[0] != 0, argv
+    # The sprite's user is uid 1000 on the host here, and owns /work.
+    assert run_in(driver, name, "touch", "/work/ok")[0] == 0
+    assert (driver.layout.files / name / "work").stat().st_uid == 1000
+
+
+def test_exec_falls_back_to_entering_the_namespaces(
+    driver: BuiltinDriver, sprite_name: Names
+) -> None:
+    """A sprite without the init's exec service (started by an older helper)
+    is entered with setns: same isolation, same results, same timeout."""
+    name = sprite_name("setns")
+    start(driver, name)
+    (driver.layout.sprite(name) / "exec.sock").unlink()
+    code, out, _ = run_in(driver, name, "sh", "-c", "id -un; pwd; grep CapEff /proc/self/status")
+    assert code == 0
+    assert out.split()[:2] == ["sprite", "/work"] and "0000000000000000" in out
+    assert run_in(driver, name, "sh", "-c", "exit 6")[0] == 6
+    with pytest.raises(errors.RuntimeTimeoutError):
+        driver.exec(name, ["sleep", "30"], timeout=0.5)

@@ -408,13 +408,15 @@ class BuiltinDriver:
             if record:
                 self._unlink_socket(record.socket)
             self._remove_records(name, path)
-            if not (record and record.request.get("keep")):
+            kept = bool(record and record.request.get("keep"))
+            if not kept:
                 self._remove_files(name)
         shown = pid if pid is not None else "unknown"
         records.append_line(
             self.layout.runtime_log,
             f"{records.timestamp()} killed sprite {name} (id {record.id if record else '?'}, "
-            f"init pid {shown})",
+            f"init pid {shown})"
+            + (f"; its files are kept in {self.layout.files / name}" if kept else ""),
         )
         return base.CallResult(
             stdout=f"Terminated VM {name} (PID: {shown})\n",
