@@ -46,7 +46,7 @@ def test_two_projects_applied_at_once_never_exceed_max_vms(sprites: Sprites) -> 
 
     assert sprites.fake.peak()["running"] <= 5
     assert codes == [0, 1], results
-    refused = next(err for (_, err), proc in zip(results, procs) if proc.returncode == 1)
+    refused = next(err for (_, err), proc in zip(results, procs, strict=True) if proc.returncode == 1)
     assert "maxVMs exceeded" in refused
     assert "Traceback" not in refused
     assert len(sprites.running()) == 3
