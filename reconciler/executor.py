@@ -165,19 +165,23 @@ class Executor:
         ready += [_Task(c) for c in plan.changes if c.action.steps[0] != "kill"]
         started_ok: list[str] = []
         inflight: dict[Future[CallResult], _Task] = {}
+        settled = False  # records settled in memory since the last save
         with ThreadPoolExecutor(
             max_workers=self.parallelism, thread_name_prefix="sprites-apply"
         ) as pool:
             while ready or inflight:
                 batch = self._admit(ready, ledger, len(inflight))
-                if batch:
-                    for task in batch:
-                        self._write_intent(task)
+                for task in batch:
+                    self._write_intent(task)
+                if batch or settled:
+                    # One write journals the new intents before their calls,
+                    # and with them what the last round settled.
                     self.save(self.state)
-                    for task in batch:
-                        self._notify("pre_step", task.change, task.step)
-                        task.started = time.monotonic()
-                        inflight[pool.submit(self._call, task)] = task
+                    settled = False
+                for task in batch:
+                    self._notify("pre_step", task.change, task.step)
+                    task.started = time.monotonic()
+                    inflight[pool.submit(self._call, task)] = task
                 if not inflight:
                     self._starve(ready, result)
                     break
@@ -197,7 +201,9 @@ class Executor:
                         self._count(task.change, result)
                         if task.step == "start":
                             started_ok.append(task.change.address)
-                self.save(self.state)
+                settled = True
+        if settled:
+            self.save(self.state)
         if started_ok:
             self._verify(started_ok, result)
         result.elapsed = time.monotonic() - began
