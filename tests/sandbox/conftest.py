@@ -27,6 +27,7 @@ from reconciler.drivers import base
 from reconciler.drivers.builtin import cgroups, helper, make_driver, records, unavailable_reason
 from reconciler.drivers.builtin.driver import BuiltinDriver
 from reconciler.engine import Engine
+from tests.helpers import cgroupsweep
 from tests.helpers.fakewisp import FakeWisp
 
 #: Every sprite these tests start is called ``sx-...``, so the sweep finds it.
@@ -77,6 +78,7 @@ def seed_helper(state_dir: pathlib.Path, built: pathlib.Path) -> None:
 def cleanup_state(state_dir: pathlib.Path) -> None:
     """Kill every sprite recorded under ``state_dir``, then make sure nothing
     it held is left: processes, cgroups, sockets, records, files."""
+    _scopes.add(cgroups.scope(state_dir))
     driver = make_driver(state_dir, timeout=10.0, grace=0.5)
     sprites_dir = driver.layout.sprites
     leftovers: list[tuple[list[str], list[tuple[int, int]]]] = []
@@ -116,20 +118,9 @@ def cleanup_state(state_dir: pathlib.Path) -> None:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _sweep_cgroups() -> None:
-    hierarchy = cgroups.detect()
-    if hierarchy is None:
-        return
-    roots = [hierarchy.unified] if hierarchy.version == 2 else [m for _, m in hierarchy.v1]
-    for root in roots:
-        parent = pathlib.Path(root) / cgroups.PARENT
-        if parent.is_dir():
-            for group in parent.iterdir():
-                if group.is_dir() and group.name.startswith(PREFIX):
-                    cgroups.remove(cgroups.SpriteCgroups(1, (str(group),), "", "", ""), timeout=5.0)
-
-
 _state_dirs: list[pathlib.Path] = []
+#: The cgroup scopes of every state dir this session used.
+_scopes: set[str] = set()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -138,7 +129,7 @@ def _session_safety_net() -> Iterator[None]:
     for state_dir in list(_state_dirs):
         cleanup_state(state_dir)
     if not RUNTIME_PROBLEM:
-        _sweep_cgroups()
+        cgroupsweep.sweep(PREFIX, _scopes, timeout=5.0)
 
 
 @pytest.fixture

@@ -2,13 +2,16 @@
 
 cgroup v2 is used when the unified hierarchy offers the memory, cpu and pids
 controllers; otherwise cgroup v1 with one hierarchy per controller. A
-sprite's groups are ``<hierarchy>/sprites/<name>``; its init joins them
-before it runs anything, so every process of the sprite is limited.
+sprite's groups are ``<hierarchy>/sprites/<name>.<scope>``, where the scope
+(:func:`scope`) stands for the state directory, so two state directories
+(two users, two test runs) can each have a sprite of the same name; its init
+joins them before it runs anything, so every process of the sprite is limited.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import signal
 import time
@@ -135,15 +138,23 @@ def detect(mountinfo: str = "/proc/self/mountinfo") -> Hierarchy | None:
     return None
 
 
-def plan(hierarchy: Hierarchy, name: str) -> SpriteCgroups:
-    """The groups a sprite called ``name`` gets (``name`` is already validated)."""
+def scope(state_dir: str | os.PathLike[str]) -> str:
+    """8 hex digits standing for the state directory (its resolved path)."""
+    resolved = os.path.realpath(state_dir)
+    return hashlib.sha256(os.fsencode(resolved)).hexdigest()[:8]
+
+
+def plan(hierarchy: Hierarchy, name: str, state_dir: str | os.PathLike[str]) -> SpriteCgroups:
+    """The groups a sprite called ``name`` (already validated) of the runtime
+    keeping its records in ``state_dir`` gets."""
+    leaf = f"{name}.{scope(state_dir)}"
     if hierarchy.version == 2:
-        path = os.path.join(hierarchy.unified, PARENT, name)
+        path = os.path.join(hierarchy.unified, PARENT, leaf)
         return SpriteCgroups(2, (path,), path, path, path)
     dirs: list[str] = []
     per: dict[str, str] = {}
     for controller in CONTROLLERS:
-        path = os.path.join(hierarchy.mount_of(controller), PARENT, name)
+        path = os.path.join(hierarchy.mount_of(controller), PARENT, leaf)
         per[controller] = path
         if path not in dirs:
             dirs.append(path)

@@ -829,7 +829,7 @@ class BuiltinDriver:
                     "start", "cgroup controllers memory, cpu and pids are not available"
                 )
             return None
-        groups = cgroups.plan(hierarchy, name)
+        groups = cgroups.plan(hierarchy, name, self.state_dir)
         try:
             cgroups.create(groups, memory=request.memory, cpus=request.cpus, pids=settings.pids)
         except cgroups.CgroupBusyError as exc:

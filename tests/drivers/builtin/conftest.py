@@ -19,11 +19,14 @@ import pytest
 
 from reconciler.drivers.builtin import cgroups, helper, make_driver, records, unavailable_reason
 from reconciler.drivers.builtin.driver import BuiltinDriver
+from tests.helpers import cgroupsweep
 
 #: Every sprite made by these tests is called ``bt-...`` so the sweep can find it.
 PREFIX = "bt-"
 HERE = pathlib.Path(__file__).resolve().parent
 _state_dirs: list[pathlib.Path] = []
+#: The cgroup scopes of every state dir this session used.
+_scopes: set[str] = set()
 
 
 def _runtime_problem() -> str | None:
@@ -84,6 +87,7 @@ def _read_leftover(entry: pathlib.Path) -> tuple[dict[str, Any] | None, dict[str
 
 def cleanup_state(state_dir: pathlib.Path) -> None:
     """Kill every sprite recorded under ``state_dir`` and remove what it held."""
+    _scopes.add(cgroups.scope(state_dir))
     driver = make_driver(state_dir, timeout=10.0, grace=0.5)
     sprites_dir = driver.layout.sprites
     leftovers: list[tuple[list[str], list[tuple[int, int]]]] = []
@@ -119,27 +123,13 @@ def cleanup_state(state_dir: pathlib.Path) -> None:
         shutil.rmtree(sprites_dir, ignore_errors=True)
 
 
-def _sweep_cgroups() -> None:
-    hierarchy = cgroups.detect()
-    if hierarchy is None:
-        return
-    roots = [hierarchy.unified] if hierarchy.version == 2 else [m for _, m in hierarchy.v1]
-    for root in roots:
-        parent = pathlib.Path(root) / cgroups.PARENT
-        if not parent.is_dir():
-            continue
-        for group in parent.iterdir():
-            if group.is_dir() and group.name.startswith(PREFIX):
-                cgroups.remove(cgroups.SpriteCgroups(1, (str(group),), "", "", ""), timeout=2.0)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _session_safety_net() -> Iterator[None]:
     yield
     for state_dir in list(_state_dirs):
         cleanup_state(state_dir)
     if not RUNTIME_PROBLEM:
-        _sweep_cgroups()
+        cgroupsweep.sweep(PREFIX, _scopes, timeout=2.0)
 
 
 @pytest.fixture

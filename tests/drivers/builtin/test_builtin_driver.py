@@ -89,6 +89,18 @@ def read(path: str) -> str:
         return handle.read().strip()
 
 
+def groups_named(name: str) -> list[str]:
+    """Every sprite group on this host made for a sprite called ``name``,
+    whatever its state dir."""
+    hierarchy = cgroups.detect()
+    assert hierarchy is not None
+    roots = [hierarchy.unified] if hierarchy.version == 2 else [m for _, m in hierarchy.v1]
+    found: list[str] = []
+    for root in roots:
+        found += [str(p) for p in pathlib.Path(root, cgroups.PARENT).glob(f"{name}.*")]
+    return found
+
+
 # ------------------------------------------------------------------- start
 
 
@@ -175,9 +187,10 @@ def test_cgroup_limits_hold_the_requested_values(driver: BuiltinDriver, sprite_n
     name = sprite_name("limits")
     pid = start(driver, name, memory=96 * MiB, cpus=2, pids=100).pid
     groups = limits_of(driver, name)
-    assert all(f"/sprites/{name}" in d for d in groups.dirs)
+    leaf = f"{name}.{cgroups.scope(driver.state_dir)}"
+    assert all(d.endswith(f"/sprites/{leaf}") for d in groups.dirs)
     if groups.version == 1:
-        assert groups.memory_dir.endswith(f"/memory/sprites/{name}")
+        assert groups.memory_dir.endswith(f"/memory/sprites/{leaf}")
         assert int(read(f"{groups.memory_dir}/memory.limit_in_bytes")) == 96 * MiB
         period = int(read(f"{groups.cpu_dir}/cpu.cfs_period_us"))
         assert int(read(f"{groups.cpu_dir}/cpu.cfs_quota_us")) == 2 * period
@@ -287,7 +300,7 @@ def test_insufficient_memory(driver: BuiltinDriver, sprite_name: Names) -> None:
     assert info.value.reason == "insufficient memory"
     assert info.value.user_message == "Failed to start Sprite: insufficient memory"
     assert not driver.layout.sprite(name).exists()
-    assert not pathlib.Path(f"/sys/fs/cgroup/memory/sprites/{name}").exists()
+    assert groups_named(name) == []
     assert driver.list().sprites == ()
 
 
@@ -300,7 +313,7 @@ def test_a_command_that_cannot_run_fails_the_start_and_leaves_nothing(
     assert info.value.reason == "cannot run /nonexistent/command: No such file or directory"
     assert driver.list().sprites == ()
     assert list(driver.layout.run.iterdir()) == []
-    assert not pathlib.Path(f"/sys/fs/cgroup/memory/sprites/{name}").exists()
+    assert groups_named(name) == []
 
 
 def test_invalid_names_never_reach_the_filesystem(driver: BuiltinDriver) -> None:
@@ -720,6 +733,40 @@ def test_console_socket_beyond_the_sun_path_limit(
         _assert_kill_cleans(driver, name, result)
     finally:
         cleanup_state(deep)
+
+
+def test_two_state_dirs_each_run_a_sprite_of_the_same_name_at_once(
+    driver: BuiltinDriver, tmp_path: pathlib.Path, helper_binary: pathlib.Path, sprite_name: Names
+) -> None:
+    from reconciler.drivers.builtin import make_driver
+
+    from .conftest import _seed_helper, cleanup_state
+
+    other_state = tmp_path / "other-state"
+    _seed_helper(other_state, helper_binary)
+    other = make_driver(other_state, timeout=30, grace=2)
+    name = sprite_name("twin")
+    try:
+        first = start(driver, name, "sleep", "600")
+        second = start(other, name, "sleep", "600")
+        assert first.id != second.id and first.pid != second.pid
+        assert state_of(driver, name) == state_of(other, name) == "running"
+        first_groups, second_groups = limits_of(driver, name), limits_of(other, name)
+        assert set(first_groups.dirs).isdisjoint(second_groups.dirs)
+        assert sorted(groups_named(name)) == sorted(first_groups.dirs + second_groups.dirs)
+        for groups, result in ((first_groups, first), (second_groups, second)):
+            for directory in groups.dirs:
+                assert str(result.pid) in read(f"{directory}/cgroup.procs").split(), directory
+        # Killing one leaves the other running, in its own groups.
+        _assert_kill_cleans(driver, name, first)
+        assert state_of(other, name) == "running"
+        for directory in second_groups.dirs:
+            assert str(second.pid) in read(f"{directory}/cgroup.procs").split(), directory
+        _assert_kill_cleans(other, name, second)
+        assert driver.list().sprites == () and other.list().sprites == ()
+        assert groups_named(name) == []
+    finally:
+        cleanup_state(other_state)
 
 
 def test_abandoned_reservations_and_trash_are_swept(

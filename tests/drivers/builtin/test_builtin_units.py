@@ -4,8 +4,10 @@ host checks and the CLI's usage errors."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
+import re
 import struct
 
 import pytest
@@ -80,11 +82,12 @@ def test_detect_uses_v1_when_the_unified_tree_lacks_controllers(tmp_path: pathli
     info.write_text(V1_MOUNTINFO)
     found = cgroups.detect(str(info))
     assert found is not None and found.version == 1
-    groups = cgroups.plan(found, "web")
-    assert groups.memory_dir == "/sys/fs/cgroup/memory/sprites/web"
-    assert groups.cpu_dir == "/sys/fs/cgroup/cpu/sprites/web"
-    assert groups.pids_dir == "/sys/fs/cgroup/pids/sprites/web"
-    assert groups.oom_file == "/sys/fs/cgroup/memory/sprites/web/memory.oom_control"
+    leaf = f"web.{cgroups.scope(tmp_path)}"
+    groups = cgroups.plan(found, "web", tmp_path)
+    assert groups.memory_dir == f"/sys/fs/cgroup/memory/sprites/{leaf}"
+    assert groups.cpu_dir == f"/sys/fs/cgroup/cpu/sprites/{leaf}"
+    assert groups.pids_dir == f"/sys/fs/cgroup/pids/sprites/{leaf}"
+    assert groups.oom_file == f"/sys/fs/cgroup/memory/sprites/{leaf}/memory.oom_control"
 
 
 def test_detect_prefers_v2_with_all_controllers(tmp_path: pathlib.Path) -> None:
@@ -95,9 +98,10 @@ def test_detect_prefers_v2_with_all_controllers(tmp_path: pathlib.Path) -> None:
     info.write_text(f"30 25 0:27 / {unified} rw - cgroup2 cgroup2 rw\n")
     found = cgroups.detect(str(info))
     assert found == cgroups.Hierarchy(version=2, unified=str(unified))
-    groups = cgroups.plan(found, "web")
-    assert groups.dirs == (f"{unified}/sprites/web",)
-    assert groups.oom_file == f"{unified}/sprites/web/memory.events"
+    leaf = f"web.{cgroups.scope(tmp_path)}"
+    groups = cgroups.plan(found, "web", tmp_path)
+    assert groups.dirs == (f"{unified}/sprites/{leaf}",)
+    assert groups.oom_file == f"{unified}/sprites/{leaf}/memory.events"
 
 
 def test_detect_without_controllers(tmp_path: pathlib.Path) -> None:
@@ -116,11 +120,29 @@ def test_comounted_controllers_share_one_directory(tmp_path: pathlib.Path) -> No
     )
     found = cgroups.detect(str(info))
     assert found is not None
-    assert cgroups.plan(found, "x").dirs == (
-        "/cg/memory/sprites/x",
-        "/cg/cpu,cpuacct/sprites/x",
-        "/cg/pids/sprites/x",
+    leaf = f"x.{cgroups.scope(tmp_path)}"
+    assert cgroups.plan(found, "x", tmp_path).dirs == (
+        f"/cg/memory/sprites/{leaf}",
+        f"/cg/cpu,cpuacct/sprites/{leaf}",
+        f"/cg/pids/sprites/{leaf}",
     )
+
+
+def test_groups_are_scoped_by_the_resolved_state_dir(tmp_path: pathlib.Path) -> None:
+    hierarchy = cgroups.Hierarchy(version=2, unified="/cg")
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.mkdir()
+    second.mkdir()
+    (tmp_path / "link").symlink_to(first)
+    assert re.fullmatch(r"[0-9a-f]{8}", cgroups.scope(first))
+    expected = hashlib.sha256(str(first.resolve()).encode()).hexdigest()[:8]
+    assert cgroups.scope(first) == expected
+    # One state dir, however it is spelled, has one scope; two have two.
+    assert cgroups.scope(tmp_path / "link") == cgroups.scope(first)
+    assert cgroups.scope(tmp_path / "two" / ".." / "one") == cgroups.scope(first)
+    assert cgroups.scope(second) != cgroups.scope(first)
+    assert cgroups.plan(hierarchy, "web", first).dirs == (f"/cg/sprites/web.{expected}",)
+    assert cgroups.plan(hierarchy, "web", second) != cgroups.plan(hierarchy, "web", first)
 
 
 @pytest.mark.parametrize(
