@@ -88,7 +88,7 @@ def plan(
         record = owned.get(name)
         entry = expired.get(name) if expired else None
         if (entry is not None and entry.manifest_digest == manifest_digest) or (
-            record is not None and is_expired(record, want, now)
+            want.ttl is not None and record is not None and is_expired(record, want, now)
         ):
             held.append(name)
             if record is not None and sprite is not None:
@@ -244,11 +244,8 @@ def _explain_nested(key: str, old: dict[str, Any], new: dict[str, Any]) -> Itera
 
 def inventory_digest(sprites: Iterable[ObservedSprite]) -> str:
     """A fingerprint of what runs: a saved plan is stale once it changes."""
-    digest = hashlib.sha256()
-    for line in sorted(f"{s.name}\0{s.id}\0{s.state}" for s in sprites):
-        digest.update(line.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
+    lines = sorted(f"{s.name}\0{s.id}\0{s.state}\n" for s in sprites)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def is_expired(record: OwnedRecord, want: DesiredSprite, now: float | None) -> bool:
@@ -290,14 +287,15 @@ def _check_budget(
     starts: bool = True,
 ) -> BudgetUsage:
     count = len(desired)
-    memory = sum(s.memory for s in desired.values())
-    cpus = sum(s.cpus for s in desired.values())
+    memory = cpus = 0
+    for want in desired.values():
+        memory += want.memory
+        cpus += want.cpus
     # Running sprites that stay whatever this apply does: not ours, not desired.
-    others = sum(
-        1
-        for s in inventory.sprites
-        if s.is_running and s.name not in desired and s.name not in owned
-    )
+    others = 0
+    for s in inventory.sprites:
+        if s.is_running and s.name not in desired and s.name not in owned:
+            others += 1
     host = count + others
     # maxVMs counts sprites this project does not control, so it bounds what
     # an apply starts: a plan that starts nothing (a destroy, a removal) is
