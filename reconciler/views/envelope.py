@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from reconciler.drivers.base import CallResult, ExecResult
-from reconciler.drivers.execio import Capture
 from reconciler.errors import ReconcilerError, RuntimeCallError
 from reconciler.models import units
 from reconciler.models.observed import Inventory
 
 if TYPE_CHECKING:
+    from reconciler.drivers.execio import Capture
     from reconciler.engine import ApplyOutcome
     from reconciler.models.plan import Plan
     from reconciler.transfer import Copied
@@ -84,6 +84,8 @@ TOOL_OUTPUT_LIMIT = 32 << 10
 
 def capture(limit: int) -> Capture:
     """A sink for exec output keeping its first quarter and last three quarters."""
+    from reconciler.drivers.execio import Capture  # exec only: list starts without it
+
     return Capture(limit)
 
 

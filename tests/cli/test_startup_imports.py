@@ -21,7 +21,13 @@ import pytest
 from tests.cli.harness import Sprites
 
 HEAVY = ("pydantic", "pydantic_core", "yaml", "deepdiff", "mcp")
-UNUSED = ("logging", "reconciler.state", "reconciler.planner", "reconciler.models.manifest")
+UNUSED = (
+    "logging",
+    "reconciler.state",
+    "reconciler.planner",
+    "reconciler.models.manifest",
+    "reconciler.drivers.execio",
+)
 
 PROBE = """\
 import gc, json, sys
