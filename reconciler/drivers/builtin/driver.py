@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from reconciler import errors
-from reconciler.drivers import base
+from reconciler.drivers import base, hostio
 from reconciler.drivers.builtin import cgroups, helper, records
 from reconciler.models import observed, sandbox, units
 
@@ -322,7 +322,7 @@ class BuiltinDriver:
         grace: float = 5.0,
     ) -> None:
         self.state_dir = pathlib.Path(state_dir)
-        self.layout = records.Layout(self.state_dir)
+        self.layout = hostio.Layout(self.state_dir, "builtin")
         self.timeout = float(timeout)
         self.enforce_limits = enforce_limits
         self.grace = float(grace)
@@ -732,7 +732,7 @@ class BuiltinDriver:
                     os.mkdir(path)
                 except FileExistsError:
                     if not path.is_dir() or path.is_symlink():
-                        raise records.UnsafePathError(f"{path} is not a directory") from None
+                        raise records.UnsafePathError(f"{path} is not a directory", path) from None
                     continue
                 os.chmod(path, mode)
                 if settings.userns != 1:

@@ -14,91 +14,35 @@ Layout under ``<state_dir>/builtin/`` (directories 0700, files 0600)::
     run/<id>.sock     console sockets (kept short for sun_path)
     trash/            records and files being removed
     runtime.log       start/kill lines of the runtime itself
+
+The layout itself, private directories, the runtime log and the process
+facts are :mod:`reconciler.drivers.hostio`'s, shared with the microVM
+runtime, and named here too for the built-in runtime's callers.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
 import pathlib
-import select
-import signal
-import stat
 import struct
 import time
-from dataclasses import dataclass
 from typing import Any
 
-RUNTIME_LOG_LIMIT = 1 << 20
+from reconciler.drivers.hostio import UnsafePathError as UnsafePathError
+from reconciler.drivers.hostio import append_line as append_line
+from reconciler.drivers.hostio import is_alive as is_alive
+from reconciler.drivers.hostio import make_private_dir as make_private_dir
+from reconciler.drivers.hostio import mem_available as mem_available
+from reconciler.drivers.hostio import open_process as open_process
+from reconciler.drivers.hostio import proc_stat as proc_stat
+from reconciler.drivers.hostio import signal_process as signal_process
+from reconciler.drivers.hostio import timestamp as timestamp
+from reconciler.drivers.hostio import wait_exit as wait_exit
+
 RING = struct.Struct("<4sIQ")
 RING_MAGIC = b"SPRC"
-
-
-class UnsafePathError(Exception):
-    """A state path is not what the runtime created (symlink, foreign owner)."""
-
-
-def make_private_dir(path: pathlib.Path) -> None:
-    """Create ``path`` (and missing parents) as 0700 directories, or check
-    that the existing one is a real directory of ours."""
-    try:
-        os.mkdir(path, 0o700)
-        return
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        make_private_dir(path.parent)
-        try:
-            os.mkdir(path, 0o700)
-            return
-        except FileExistsError:
-            pass
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise UnsafePathError(f"{path} is not a directory")
-    if st.st_uid != os.geteuid():
-        raise UnsafePathError(f"{path} belongs to another user")
-
-
-@dataclass(frozen=True)
-class Layout:
-    state_dir: pathlib.Path
-
-    @property
-    def root(self) -> pathlib.Path:
-        return self.state_dir / "builtin"
-
-    @property
-    def sprites(self) -> pathlib.Path:
-        return self.root / "sprites"
-
-    @property
-    def run(self) -> pathlib.Path:
-        return self.root / "run"
-
-    @property
-    def trash(self) -> pathlib.Path:
-        return self.root / "trash"
-
-    @property
-    def files(self) -> pathlib.Path:
-        return self.root / "files"
-
-    @property
-    def runtime_log(self) -> pathlib.Path:
-        return self.root / "runtime.log"
-
-    def sprite(self, name: str) -> pathlib.Path:
-        return self.sprites / name
-
-    def socket(self, sprite_id: str) -> pathlib.Path:
-        return self.run / f"{sprite_id}.sock"
-
-    def ensure(self) -> None:
-        for path in (self.root, self.sprites, self.run, self.trash):
-            make_private_dir(path)
 
 
 # ----------------------------------------------------------------- file I/O
@@ -166,28 +110,6 @@ def read_kv(dir_fd: int, name: str) -> dict[str, str] | None:
     return result
 
 
-def append_line(path: pathlib.Path, line: str) -> None:
-    """Append one line atomically (O_APPEND, one write); keep the file bounded."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o600)
-    except OSError:
-        return
-    try:
-        if os.fstat(fd).st_size > RUNTIME_LOG_LIMIT:
-            os.replace(path, path.with_name(path.name + ".1"))
-        os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8", "replace"))
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def timestamp(when: float | None = None) -> str:
-    now = time.time() if when is None else when
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-
-
 def try_lock_shared(dir_fd: int) -> bool:
     """True when nobody holds the record's lock (no start or kill in progress)."""
     try:
@@ -250,86 +172,3 @@ def read_console(dir_fd: int) -> bytes:
 
 def console_text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").replace("\r\n", "\n")
-
-
-# ------------------------------------------------------------ process facts
-
-
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks) of a process, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    end = data.rfind(b")")
-    if end < 0:
-        return None
-    fields = data[end + 2 :].split()
-    if len(fields) < 20:
-        return None
-    return fields[0].decode(), int(fields[19])
-
-
-def is_alive(pid: int | None, start: int | None) -> bool:
-    """The process with this pid is the one recorded (same start time) and has not exited."""
-    if not pid or start is None:
-        return False
-    facts = proc_stat(pid)
-    return facts is not None and facts[1] == start and facts[0] not in ("Z", "X")
-
-
-def open_process(pid: int | None, start: int | None) -> int | None:
-    """A pidfd for the recorded process, or None when it is gone or the pid was reused.
-
-    The start time is checked after the pidfd is open, so the pidfd cannot
-    refer to a newer process that took the pid."""
-    if not pid or start is None:
-        return None
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return None
-    facts = proc_stat(pid)
-    if facts is None or facts[1] != start or facts[0] in ("Z", "X"):
-        os.close(fd)
-        return None
-    return fd
-
-
-def wait_exit(pidfd: int, timeout: float) -> bool:
-    """True when the process exits within ``timeout`` seconds."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            if poller.poll(max(0, int(remaining * 1000))):
-                return True
-        except InterruptedError:
-            continue
-        if remaining <= 0:
-            return False
-
-
-def signal_process(pidfd: int, sig: int) -> None:
-    try:
-        signal.pidfd_send_signal(pidfd, sig)
-    except ProcessLookupError:
-        pass
-    except OSError as exc:
-        if exc.errno != errno.ESRCH:
-            raise
-
-
-def mem_available() -> int | None:
-    """MemAvailable from /proc/meminfo, in bytes."""
-    try:
-        with open("/proc/meminfo", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None

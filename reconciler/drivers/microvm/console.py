@@ -10,18 +10,12 @@ the user detaches with Ctrl-].
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import select
-import termios
-import tty
-from collections.abc import Iterator
 
-from reconciler.drivers.microvm.qmp import connect_unix
+from reconciler.drivers import terminal
+from reconciler.drivers.hostio import connect_unix
 
-DETACH_BYTE = b"\x1d"  # Ctrl-]
-DETACH_KEY = "Ctrl-]"
 #: The console log is cut back to KEEP bytes once it grows past LIMIT.
 LIMIT = 1 << 20
 KEEP = 256 << 10
@@ -80,58 +74,17 @@ def text(raw: bytes) -> str:
     return _CSI_RE.sub("", decoded).replace("\r", "")
 
 
-@contextlib.contextmanager
-def _raw_terminal(fd: int) -> Iterator[None]:
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setraw(fd)
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except InterruptedError:
-            continue
-        except BlockingIOError:
-            select.select([], [fd], [])
-
-
 def interactive(
     socket_path: str, name: str, recent: bytes, *, stdin_fd: int = 0, stdout_fd: int = 1
 ) -> str:
     """Connect the caller's terminal to the console until the user detaches
     or the VM goes away. Returns a one-line summary of how it ended."""
     sock = connect_unix(socket_path, 5.0)
-    sock.settimeout(None)
-    ended = f"Detached from {name}."
-    with sock, _raw_terminal(stdin_fd):
-        greeting = f"Connected to {name}. Console output ({DETACH_KEY} to detach):\r\n"
-        _write_all(stdout_fd, greeting.encode() + recent)
-        sock_fd = sock.fileno()
-        while True:
-            try:
-                readable, _, _ = select.select([stdin_fd, sock_fd], [], [])
-            except InterruptedError:
-                continue
-            if sock_fd in readable:
-                data = sock.recv(65536)
-                if not data:
-                    ended = f"The console of {name} closed: the VM ended."
-                    break
-                _write_all(stdout_fd, data)
-            if stdin_fd in readable:
-                data = os.read(stdin_fd, 4096)
-                if not data:
-                    break
-                before, found, _ = data.partition(DETACH_BYTE)
-                if before:
-                    sock.sendall(before)
-                if found:
-                    break
-    _write_all(stdout_fd, f"\r\n{ended}\r\n".encode())
-    return ended
+    return terminal.relay(
+        sock,
+        name,
+        closed=f"The console of {name} closed: the VM ended.",
+        recent=recent,
+        stdin_fd=stdin_fd,
+        stdout_fd=stdout_fd,
+    )

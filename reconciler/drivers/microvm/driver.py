@@ -26,7 +26,6 @@ Layout under ``<state_dir>/microvm/`` (directories 0700, files 0600)::
 from __future__ import annotations
 
 import builtins
-import errno
 import fcntl
 import json
 import math
@@ -34,10 +33,8 @@ import os
 import pathlib
 import re
 import secrets
-import select
 import shutil
 import signal
-import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -46,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler import errors
-from reconciler.drivers import base, process
+from reconciler.drivers import base, hostio, process
 from reconciler.drivers.microvm import accel as accel_mod
 from reconciler.drivers.microvm import console, image, qmp
 from reconciler.models import observed, units
@@ -60,7 +57,6 @@ CMDLINE_MAX = 2048
 LAUNCH_TIMEOUT = 60.0
 QMP_TIMEOUT = 5.0
 KILL_WAIT = 5.0
-_SUN_PATH_MAX = 107
 #: Run states in which the guest is not (or no longer) running.
 #: Sprite settings of the built-in runtime a microVM cannot honour yet: refused
 #: rather than ignored, since each one changes what the sprite can reach.
@@ -92,7 +88,7 @@ def _socket_arg(path: str) -> str:
     """The socket path QEMU is given: absolute when it fits in sun_path, else
     relative to the run directory (QEMU starts there and binds before it
     detaches)."""
-    return path if len(os.fsencode(path)) <= _SUN_PATH_MAX else os.path.basename(path)
+    return path if len(os.fsencode(path)) <= hostio.SUN_PATH_MAX else os.path.basename(path)
 
 
 def host_khz() -> int | None:
@@ -108,56 +104,6 @@ def host_khz() -> int | None:
 
 
 # ------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class Layout:
-    state_dir: pathlib.Path
-
-    @property
-    def root(self) -> pathlib.Path:
-        return self.state_dir / "microvm"
-
-    @property
-    def sprites(self) -> pathlib.Path:
-        return self.root / "sprites"
-
-    @property
-    def run(self) -> pathlib.Path:
-        return self.root / "run"
-
-    @property
-    def trash(self) -> pathlib.Path:
-        return self.root / "trash"
-
-    @property
-    def runtime_log(self) -> pathlib.Path:
-        return self.root / "runtime.log"
-
-    def sprite(self, name: str) -> pathlib.Path:
-        return self.sprites / name
-
-    def ensure(self) -> None:
-        for path in (self.root, self.sprites, self.run, self.trash):
-            _private_dir(path)
-
-
-def _private_dir(path: pathlib.Path) -> None:
-    try:
-        os.mkdir(path, 0o700)
-        return
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        _private_dir(path.parent)
-        try:
-            os.mkdir(path, 0o700)
-            return
-        except FileExistsError:
-            pass
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-        raise errors.RuntimeCallError("start", f"{path} is not a private directory of this user")
 
 
 @dataclass(frozen=True)
@@ -198,7 +144,7 @@ class _Record:
 
     @property
     def alive(self) -> bool:
-        return _is_alive(self.pid, self.start)
+        return hostio.is_alive(self.pid, self.start)
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any] | None:
@@ -222,77 +168,7 @@ def _write_json(path: pathlib.Path, value: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _append_line(path: pathlib.Path, line: str, limit: int = 1 << 20) -> None:
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o600)
-    except OSError:
-        return
-    try:
-        if os.fstat(fd).st_size > limit:
-            os.replace(path, path.with_name(path.name + ".1"))
-        os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8", "replace"))
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _timestamp(when: float | None = None) -> str:
-    now = time.time() if when is None else when
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-
-
 # ----------------------------------------------------------- process facts
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks) of a process, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    if len(fields) < 20:
-        return None
-    return fields[0].decode(), int(fields[19])
-
-
-def _is_alive(pid: int | None, start: int | None) -> bool:
-    if not pid or start is None:
-        return False
-    facts = _proc_stat(pid)
-    return facts is not None and facts[1] == start and facts[0] not in ("Z", "X")
-
-
-def _open_process(pid: int | None, start: int | None) -> int | None:
-    """A pidfd for the recorded process; None when it is gone or the pid was reused."""
-    if not pid or start is None:
-        return None
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return None
-    if not _is_alive(pid, start):
-        os.close(fd)
-        return None
-    return fd
-
-
-def _wait_exit(pidfd: int, timeout: float) -> bool:
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            if poller.poll(max(0, int(remaining * 1000))):
-                return True
-        except InterruptedError:
-            continue
-        if remaining <= 0:
-            return False
 
 
 def _find_qemu(marker: str) -> builtins.list[tuple[int, int]]:
@@ -311,21 +187,10 @@ def _find_qemu(marker: str) -> builtins.list[tuple[int, int]]:
             continue
         program = os.path.basename(argv.split(b"\0", 1)[0])
         if needle in argv and program.startswith(b"qemu"):
-            facts = _proc_stat(int(entry))
+            facts = hostio.proc_stat(int(entry))
             if facts is not None and facts[0] not in ("Z", "X"):
                 found.append((int(entry), facts[1]))
     return found
-
-
-def _mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 # -------------------------------------------------------------------- driver
@@ -351,7 +216,7 @@ class MicroVMDriver:
         if accel not in ("auto", "kvm", "tcg"):
             raise ValueError(f"accel must be auto, kvm or tcg, got {accel!r}")
         self.state_dir = pathlib.Path(state_dir)
-        self.layout = Layout(self.state_dir)
+        self.layout = hostio.Layout(self.state_dir, "microvm")
         self.timeout = float(timeout)
         self.accel = accel
         self.qemu = qemu
@@ -387,7 +252,7 @@ class MicroVMDriver:
                 if cached is not None:
                     return cached
                 assert qemu is not None and guest is not None
-                self.layout.ensure()
+                self._ensure_layout()
                 return accel_mod.cached_probe(
                     self.layout.root,
                     key,
@@ -438,10 +303,10 @@ class MicroVMDriver:
             )
         decision = self.decide(guest)
         assert decision is not None
-        available = _mem_available()
+        available = hostio.mem_available()
         if available is not None and request.memory > available:
             raise errors.RuntimeCallError("start", "insufficient memory")
-        self.layout.ensure()
+        self._ensure_layout()
         sprite_id = f"sprite-{secrets.token_hex(6)}"
         directory, dir_fd = self._reserve(name)
         qmp_path = str(self.layout.run / f"{sprite_id}.qmp")
@@ -505,9 +370,9 @@ class MicroVMDriver:
             os.close(dir_fd)
         boot = time.monotonic() - started
         self._log(directory, f"started: pid {pid}, init announced after {boot:.3f}s")
-        _append_line(
+        hostio.append_line(
             self.layout.runtime_log,
-            f"{_timestamp()} started sprite {name} (id {sprite_id}, qemu pid {pid}, "
+            f"{hostio.timestamp()} started sprite {name} (id {sprite_id}, qemu pid {pid}, "
             f"accel {decision.accel}, boot {boot:.3f}s)",
         )
         address = f"unix://{console_path}"
@@ -528,9 +393,9 @@ class MicroVMDriver:
             )
         shown = pid if pid is not None else "unknown"
         sprite_id = request.get("id", "?")
-        _append_line(
+        hostio.append_line(
             self.layout.runtime_log,
-            f"{_timestamp()} killed sprite {name} (id {sprite_id}, qemu pid {shown})",
+            f"{hostio.timestamp()} killed sprite {name} (id {sprite_id}, qemu pid {shown})",
         )
         return base.CallResult(
             stdout=f"Terminated VM {name} (PID: {shown})\n",
@@ -768,7 +633,7 @@ class MicroVMDriver:
                     "start", "QEMU started but wrote no pid file"
                 ) from None
             return found[0]
-        facts = _proc_stat(pid)
+        facts = hostio.proc_stat(pid)
         if facts is None or facts[0] in ("Z", "X"):
             raise errors.RuntimeCallError("start", "QEMU exited right after starting")
         return pid, facts[1]
@@ -806,7 +671,7 @@ class MicroVMDriver:
                 if any(marker in text for marker in markers):
                     return
             now = time.monotonic()
-            if not _is_alive(pid, start):
+            if not hostio.is_alive(pid, start):
                 raise errors.RuntimeCallError(
                     "start", f"QEMU exited while the guest booted{_last_line(seen)}"
                 )
@@ -854,7 +719,7 @@ class MicroVMDriver:
         self._remove_dir(directory)
 
     def _stop(self, pid: int, start: int, qmp_path: str) -> None:
-        pidfd = _open_process(pid, start)
+        pidfd = hostio.open_process(pid, start)
         if pidfd is None:
             return
         try:
@@ -862,26 +727,31 @@ class MicroVMDriver:
                 qmp.quit_vm(qmp_path, timeout=min(QMP_TIMEOUT, self.grace))
             except qmp.QMPError:
                 pass
-            if _wait_exit(pidfd, self.grace):
+            if hostio.wait_exit(pidfd, self.grace):
                 return
             try:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                return
+                hostio.signal_process(pidfd, signal.SIGKILL)
             except OSError as exc:
-                if exc.errno != errno.ESRCH:
-                    raise errors.RuntimeCallError(
-                        "kill", f"cannot kill QEMU (pid {pid}): {exc.strerror}"
-                    ) from exc
-            if not _wait_exit(pidfd, KILL_WAIT):
+                raise errors.RuntimeCallError(
+                    "kill", f"cannot kill QEMU (pid {pid}): {exc.strerror}"
+                ) from exc
+            if not hostio.wait_exit(pidfd, KILL_WAIT):
                 raise errors.RuntimeCallError("kill", f"QEMU (pid {pid}) survived SIGKILL")
         finally:
             os.close(pidfd)
 
+    def _ensure_layout(self) -> None:
+        try:
+            self.layout.ensure()
+        except hostio.UnsafePathError as exc:
+            raise errors.RuntimeCallError(
+                "start", f"{exc.path} is not a private directory of this user"
+            ) from None
+
     def _remove_dir(self, directory: pathlib.Path) -> None:
         if not os.path.lexists(directory):
             return
-        self.layout.ensure()
+        self._ensure_layout()
         doomed = self.layout.trash / f"{directory.name}.{secrets.token_hex(4)}"
         try:
             os.rename(directory, doomed)
@@ -1012,7 +882,7 @@ class MicroVMDriver:
         return "stopped" if status not in _STOPPED_STATES else "error", f"VM status: {status}"
 
     def _log(self, directory: pathlib.Path, message: str) -> None:
-        _append_line(directory / "log", f"{_timestamp()} {message}")
+        hostio.append_line(directory / "log", f"{hostio.timestamp()} {message}")
 
     def _sprite_log(self, record: _Record) -> builtins.list[str]:
         try:

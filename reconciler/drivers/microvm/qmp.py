@@ -9,13 +9,12 @@ between replies are skipped.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from types import TracebackType
 from typing import Any
 
-_SUN_PATH_MAX = 107
+from reconciler.drivers.hostio import connect_unix
+
 #: A QMP reply is small; anything larger than this is not QEMU talking.
 MAX_REPLY = 1 << 20
 
@@ -26,26 +25,6 @@ class QMPError(Exception):
 
 class QMPTimeout(QMPError):
     """QEMU did not answer in time."""
-
-
-def connect_unix(path: str, timeout: float) -> socket.socket:
-    """Connect to a unix socket, even when its path is longer than sun_path allows."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.settimeout(timeout)
-    try:
-        if len(os.fsencode(path)) <= _SUN_PATH_MAX:
-            sock.connect(path)
-        else:
-            directory, base = os.path.split(path)
-            dir_fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                sock.connect(f"/proc/self/fd/{dir_fd}/{base}")
-            finally:
-                os.close(dir_fd)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class QMP:

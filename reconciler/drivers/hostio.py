@@ -1,0 +1,232 @@
+"""Host I/O shared by the runtimes that run sprites on this host (built-in,
+microVM): the layout of their records under the state dir, private
+directories, the runtime log, unix sockets, and process facts read from
+/proc and acted on through pidfds (so a reused pid is never hit).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import select
+import signal
+import stat
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
+
+#: The runtime log is rotated (to ``<name>.1``) once it grows past this.
+RUNTIME_LOG_LIMIT = 1 << 20
+#: The longest path a unix socket address holds (sun_path, without the NUL).
+SUN_PATH_MAX = 107
+
+
+class UnsafePathError(Exception):
+    """A state path is not what the runtime created (symlink, foreign owner)."""
+
+    def __init__(self, message: str, path: pathlib.Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def make_private_dir(path: pathlib.Path) -> None:
+    """Create ``path`` (and missing parents) as 0700 directories, or check
+    that the existing one is a real directory of ours."""
+    try:
+        os.mkdir(path, 0o700)
+        return
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        make_private_dir(path.parent)
+        try:
+            os.mkdir(path, 0o700)
+            return
+        except FileExistsError:
+            pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePathError(f"{path} is not a directory", path)
+    if st.st_uid != os.geteuid():
+        raise UnsafePathError(f"{path} belongs to another user", path)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a runtime keeps its records: ``<state_dir>/<runtime>/``."""
+
+    state_dir: pathlib.Path
+    #: The runtime's directory name: "builtin", "microvm".
+    runtime: str
+
+    @property
+    def root(self) -> pathlib.Path:
+        return self.state_dir / self.runtime
+
+    @property
+    def sprites(self) -> pathlib.Path:
+        return self.root / "sprites"
+
+    @property
+    def run(self) -> pathlib.Path:
+        return self.root / "run"
+
+    @property
+    def trash(self) -> pathlib.Path:
+        return self.root / "trash"
+
+    @property
+    def files(self) -> pathlib.Path:
+        return self.root / "files"
+
+    @property
+    def runtime_log(self) -> pathlib.Path:
+        return self.root / "runtime.log"
+
+    def sprite(self, name: str) -> pathlib.Path:
+        return self.sprites / name
+
+    def socket(self, sprite_id: str) -> pathlib.Path:
+        return self.run / f"{sprite_id}.sock"
+
+    def ensure(self) -> None:
+        """Make the runtime's directories; UnsafePathError when one is not ours."""
+        for path in (self.root, self.sprites, self.run, self.trash):
+            make_private_dir(path)
+
+
+# ---------------------------------------------------------------- log lines
+
+
+def append_line(path: pathlib.Path, line: str, limit: int = RUNTIME_LOG_LIMIT) -> None:
+    """Append one line atomically (O_APPEND, one write); keep the file bounded."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError:
+        return
+    try:
+        if os.fstat(fd).st_size > limit:
+            os.replace(path, path.with_name(path.name + ".1"))
+        os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def timestamp(when: float | None = None) -> str:
+    now = time.time() if when is None else when
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+# ------------------------------------------------------------- unix sockets
+
+
+def connect_unix(path: str, timeout: float | None = 5.0) -> socket.socket:
+    """Connect to a unix socket, even when its path is longer than sun_path allows."""
+    import socket  # only consoles and QMP need it: list stays light
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        if len(os.fsencode(path)) <= SUN_PATH_MAX:
+            sock.connect(path)
+        else:
+            directory, base = os.path.split(path)
+            dir_fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                sock.connect(f"/proc/self/fd/{dir_fd}/{base}")
+            finally:
+                os.close(dir_fd)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+# ------------------------------------------------------------ process facts
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) of a process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    end = data.rfind(b")")
+    if end < 0:
+        return None
+    fields = data[end + 2 :].split()
+    if len(fields) < 20:
+        return None
+    return fields[0].decode(), int(fields[19])
+
+
+def is_alive(pid: int | None, start: int | None) -> bool:
+    """The process with this pid is the one recorded (same start time) and has not exited."""
+    if not pid or start is None:
+        return False
+    facts = proc_stat(pid)
+    return facts is not None and facts[1] == start and facts[0] not in ("Z", "X")
+
+
+def open_process(pid: int | None, start: int | None) -> int | None:
+    """A pidfd for the recorded process, or None when it is gone or the pid was reused.
+
+    The start time is checked after the pidfd is open, so the pidfd cannot
+    refer to a newer process that took the pid."""
+    if not pid or start is None:
+        return None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if not is_alive(pid, start):
+        os.close(fd)
+        return None
+    return fd
+
+
+def wait_exit(pidfd: int, timeout: float) -> bool:
+    """True when the process exits within ``timeout`` seconds."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            if poller.poll(max(0, int(remaining * 1000))):
+                return True
+        except InterruptedError:
+            continue
+        if remaining <= 0:
+            return False
+
+
+def signal_process(pidfd: int, sig: int) -> None:
+    """Send ``sig`` through the pidfd; a process that already exited is no error."""
+    try:
+        signal.pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
+
+
+def mem_available() -> int | None:
+    """MemAvailable from /proc/meminfo, in bytes."""
+    try:
+        with open("/proc/meminfo", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
