@@ -8,7 +8,8 @@ sprite is absent is forgotten and started again.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from operator import attrgetter
 from typing import Any
 
 STATE_FORMAT_VERSION = 1
@@ -30,9 +31,10 @@ class OwnedRecord:
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["name"]
-        return data
+        """Every field but the name (the key it is saved under). The spec is
+        shared, not copied: a project's records are all written out before
+        and after each runtime call of an apply."""
+        return dict(zip(_RECORD_FIELDS, _record_values(self), strict=True))
 
     @staticmethod
     def from_json(name: str, data: dict[str, Any]) -> OwnedRecord:
@@ -51,6 +53,10 @@ class OwnedRecord:
             restarts=int(data.get("restarts") or 0),
             last_error=data.get("last_error") if isinstance(data.get("last_error"), str) else None,
         )
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(OwnedRecord) if f.name != "name")
+_record_values = attrgetter(*_RECORD_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,60 @@
+"""The state file's encoding: every record field survives a save and a load,
+one sprite per line, keys sorted."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+from reconciler.models.state import Expiry, OwnedRecord, ProjectState
+from reconciler.state import StateStore, encode_state
+
+RECORD = OwnedRecord(
+    name="agent-1",
+    status="starting",
+    spec={
+        "memory": 1 << 30,
+        "cpus": 2,
+        "command": ["sh", "-c", "echo é"],
+        "env": {"B": "2", "A": "1"},
+    },
+    id="sprite-00002a",
+    runtime="wisp",
+    started_at=1_800_000_000.5,
+    restarts=3,
+    last_error="Failed to start Sprite: insufficient memory",
+)
+
+
+def test_a_record_is_saved_with_every_field_but_its_name() -> None:
+    expected = asdict(RECORD)
+    del expected["name"]
+    assert RECORD.to_json() == expected
+    assert set(RECORD.to_json()) == {f.name for f in fields(OwnedRecord)} - {"name"}
+
+
+def test_the_state_file_round_trips(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    records = {name: replace(RECORD, name=name) for name in ("b", "a")}
+    state = ProjectState(
+        project="demo", records=records, serial=6, expired={"z": Expiry("digest", 12.5)}
+    )
+    store.save(state)
+    loaded = store.load("demo")
+    assert loaded == state
+    assert loaded.serial == 7
+
+
+def test_the_state_file_has_one_sprite_per_line_in_name_order() -> None:
+    state = ProjectState(project="demo", records={"b": RECORD, "a": RECORD})
+    text = encode_state(state.to_json()).decode()
+    assert json.loads(text) == json.loads(json.dumps(state.to_json()))
+    lines = text.splitlines()
+    assert [line.split(":")[0].strip() for line in lines if '"status"' in line] == ['"a"', '"b"']
+    assert text.endswith("}\n") and lines[0] == "{"
+
+
+def test_an_empty_state_encodes_as_before() -> None:
+    data = ProjectState(project="demo").to_json()
+    assert json.loads(encode_state(data)) == data
