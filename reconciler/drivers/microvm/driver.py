@@ -8,15 +8,20 @@ also appends to a log file. The guest powers off when its command ends;
 QEMU is told to stay (``-no-shutdown``) so that ``list`` can tell from QMP
 whether a guest is running, powered off (``stopped``) or panicked
 (``error``). ``kill`` asks QEMU to ``quit`` over QMP, then SIGKILLs.
+``exec`` (and so ``cp``) goes through an agent in the guest on a virtio
+serial port (:mod:`.agent`).
 
 Layout under ``<state_dir>/microvm/`` (directories 0700, files 0600)::
 
     sprites/<name>/   one directory per sprite; flock on it = a start or kill in progress
-        request.json  the sprite as started (id, resources, accelerator, sockets)
+        request.json  the sprite as started (id, resources, accelerator, sockets,
+                      environment and workdir for exec)
+        agent.lock    flock on it = an exec in progress (one at a time)
         vm.json       QEMU's pid and start time, once it runs
         console.log   everything the guest wrote on its console (kept bounded)
         log           the runtime's lines about this sprite
     run/<id>.qmp      QMP sockets, and run/<id>.sock console sockets (short for sun_path)
+    run/<id>.agent.in, run/<id>.agent.out   the FIFOs of the exec agent's port
     image/            the guest image (``sprites image build``)
     accel.json        the cached verdict of the KVM probe
     runtime.log       start/kill lines of the runtime itself
@@ -45,8 +50,8 @@ from typing import Any
 from reconciler import errors
 from reconciler.drivers import base, hostio, process
 from reconciler.drivers.microvm import accel as accel_mod
-from reconciler.drivers.microvm import console, image, qmp
-from reconciler.models import observed, units
+from reconciler.drivers.microvm import agent, console, image, qmp
+from reconciler.models import observed, sandbox, units
 
 QEMU_BINARY = "qemu-system-x86_64"
 #: The Debian kernel needs about 96MiB to unpack its initramfs and run.
@@ -311,6 +316,9 @@ class MicroVMDriver:
         directory, dir_fd = self._reserve(name)
         qmp_path = str(self.layout.run / f"{sprite_id}.qmp")
         console_path = str(self.layout.run / f"{sprite_id}.sock")
+        agent_path = str(self.layout.run / f"{sprite_id}.agent")
+        workdir = request.options.get("workdir")
+        workdir = workdir if isinstance(workdir, str) else None
         started = time.monotonic()
         try:
             request_data = {
@@ -324,13 +332,15 @@ class MicroVMDriver:
                 "custom_initrd": guest.custom,
                 "qmp": qmp_path,
                 "console": console_path,
+                "agent": agent_path,
+                "env": dict(request.env),
+                "workdir": workdir,
                 "created_at": time.time(),
             }
             _write_json(directory / "request.json", request_data)
+            agent.make_channel(agent_path)
             initrd = directory / "initrd"
             files = {"sprite/name": name.encode()}
-            workdir = request.options.get("workdir")
-            workdir = workdir if isinstance(workdir, str) else None
             if request.command or request.env or workdir:
                 script = image.sprite_script(request.command or ("sh",), request.env, workdir)
                 files["sprite/run"] = script.encode()
@@ -345,6 +355,7 @@ class MicroVMDriver:
                 decision.accel,
                 qmp_path,
                 console_path,
+                agent_path,
             )
             self._log(
                 directory,
@@ -447,21 +458,151 @@ class MicroVMDriver:
         entries.sort(key=lambda line: line.split(" ", 1)[0])
         return base.CallResult(stdout="".join(line + "\n" for line in entries))
 
-    def exec(self, name: str, argv: Sequence[str], **options: object) -> base.ExecResult:
-        """Not offered: a guest has no agent to run commands for the host.
-        SpriteNotFoundError for an unknown sprite, else RuntimeCallError."""
+    def exec(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        stdin: base.ExecInput = None,
+        stdout: base.OutputSink | None = None,
+        stderr: base.OutputSink | None = None,
+    ) -> base.ExecResult:
+        """Run ``argv`` in the guest through its agent (:mod:`.agent`): as
+        root unless ``user`` says otherwise, in the sprite's workdir (else
+        /root) unless ``workdir`` says otherwise, with the sprite's
+        environment plus ``env``. One command at a time per sprite: a caller
+        waits for the one before (within its own timeout)."""
         name = self._checked("exec", name)
-        self._existing("exec", name)
-        raise errors.RuntimeCallError(
-            "exec",
-            f"the microvm runtime cannot run commands inside '{name}'; "
-            f"use `sprites attach {name}` for its console",
+        if not argv or any(not isinstance(arg, str) or "\0" in arg for arg in argv) or not argv[0]:
+            raise errors.RuntimeCallError("exec", "exec needs a command (strings without NUL)")
+        record = self._existing("exec", name)
+        channel = record.request.get("agent")
+        if not isinstance(channel, str) or not channel:
+            raise errors.RuntimeCallError(
+                "exec",
+                f"sprite '{name}' was started without the exec agent; start it again to use exec",
+            )
+        if record.vm is None or not record.alive:
+            raise errors.RuntimeCallError("exec", f"sprite '{name}' is not running")
+        script = self._exec_script(record, argv, env, workdir, user)
+        limit = self.timeout if timeout is None else float(timeout)
+        began = time.monotonic()
+        deadline = began + limit if limit > 0 else None
+        try:
+            lock_fd = agent.lock(str(record.directory / "agent.lock"), deadline)
+        except FileNotFoundError:
+            raise errors.SpriteNotFoundError("exec", f"sprite '{name}' not found") from None
+        if lock_fd is None:
+            raise errors.RuntimeTimeoutError("exec", limit)
+        try:
+            remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
+            outcome = agent.run(
+                channel,
+                script,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                timeout=remaining,
+                still_running=lambda: self._not_running(record),
+            )
+        except agent.AgentGone as exc:
+            reason = self._not_running(record) or f"cannot reach '{name}': {exc}"
+            raise errors.RuntimeCallError("exec", reason) from None
+        except agent.AgentError as exc:
+            reason = f"cannot run commands in '{name}': {exc}"
+            if record.request.get("custom_initrd"):
+                reason += " (it boots its own initrd, which may have no sprites agent)"
+            raise errors.RuntimeCallError("exec", reason) from None
+        finally:
+            os.close(lock_fd)
+        if outcome.failure is not None:
+            raise errors.RuntimeCallError("exec", outcome.failure)
+        if outcome.timed_out or outcome.exit_code is None:
+            raise errors.RuntimeTimeoutError("exec", limit)
+        return base.ExecResult(
+            exit_code=outcome.exit_code,
+            stdout=outcome.stdout,
+            stderr=outcome.stderr,
+            duration=time.monotonic() - began,
         )
 
     def close(self) -> None:
         """Nothing to release: sprites outlive the driver by design."""
 
     # ------------------------------------------------------------ internals
+
+    def _exec_script(
+        self,
+        record: _Record,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None,
+        workdir: str | None,
+        user: str | None,
+    ) -> bytes:
+        """The agent's script for one exec: the environment is PATH, HOME,
+        USER, LOGNAME, TERM and HOSTNAME, then the sprite's own, then
+        ``env``; the ids are switched only for a user other than root."""
+        if workdir is not None:
+            if not isinstance(workdir, str) or not workdir.startswith("/") or "\0" in workdir:
+                raise errors.RuntimeCallError(
+                    "exec", f"invalid workdir {workdir!r}: expected an absolute path"
+                )
+        else:
+            recorded = record.request.get("workdir")
+            workdir = recorded if isinstance(recorded, str) and recorded else "/root"
+        uid: int | None = None
+        gid: int | None = None
+        home, login = "/root", "root"
+        if user is not None:
+            try:
+                uid, gid, home = sandbox.parse_user(user)
+            except ValueError as exc:
+                raise errors.RuntimeCallError("exec", str(exc)) from None
+            login = sandbox.login_name(uid)
+        environment = {
+            "PATH": agent.DEFAULT_PATH,
+            "HOME": home,
+            "USER": login,
+            "LOGNAME": login,
+            "TERM": "xterm-256color",
+            "HOSTNAME": record.name,
+        }
+        recorded_env = record.request.get("env")
+        if isinstance(recorded_env, dict):
+            environment.update(
+                (key, value)
+                for key, value in recorded_env.items()
+                if isinstance(key, str) and isinstance(value, str)
+            )
+        if user is not None:
+            environment.update(HOME=home, USER=login, LOGNAME=login)
+        for key, value in (env or {}).items():
+            if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+                raise errors.RuntimeCallError("exec", f"invalid environment variable name {key!r}")
+            if not isinstance(value, str) or "\0" in value:
+                raise errors.RuntimeCallError(
+                    "exec", f"invalid value for environment variable {key}"
+                )
+            environment[key] = value
+        if uid == 0 and gid == 0:
+            uid = gid = None
+        return agent.command_script(argv, environment, workdir, uid, gid)
+
+    def _not_running(self, record: _Record) -> str | None:
+        """Why the guest cannot answer now (QEMU gone, guest stopped), or None."""
+        if not record.alive:
+            return f"sprite '{record.name}' is not running"
+        try:
+            status = qmp.query_status(record.qmp, timeout=QMP_TIMEOUT)
+        except qmp.QMPError:
+            return None
+        if status != "running":
+            return f"sprite '{record.name}' is not running ({status})"
+        return None
 
     def _checked(self, op: str, name: object) -> str:
         problem = units.name_problem(name)
@@ -545,6 +686,7 @@ class MicroVMDriver:
         accel: str,
         qmp_path: str,
         console_path: str,
+        agent_path: str | None = None,
     ) -> builtins.list[str]:
         append = ["console=ttyS0", "panic=-1"]
         if not guest.custom:
@@ -561,6 +703,7 @@ class MicroVMDriver:
             )
         memory_mib = math.ceil(request.memory / (1 << 20))
         log = str(directory / "console.log")
+        port = agent.qemu_args(agent_path, _escape) if agent_path else []
         return [
             qemu,
             "-name",
@@ -597,6 +740,7 @@ class MicroVMDriver:
             "panic=pause",
             "-device",
             "pvpanic",
+            *port,
             "-kernel",
             str(guest.kernel),
             "-initrd",
@@ -716,6 +860,10 @@ class MicroVMDriver:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
+        request = record.request if record is not None else _read_json(directory / "request.json")
+        channel = (request or {}).get("agent")
+        if isinstance(channel, str) and os.path.dirname(channel) == str(self.layout.run):
+            agent.remove_channel(channel)
         self._remove_dir(directory)
 
     def _stop(self, pid: int, start: int, qmp_path: str) -> None:

@@ -8,6 +8,11 @@ turns the compressed bzImage into the uncompressed ``vmlinux`` that QEMU's
 ``/init`` is :data:`INIT_SCRIPT`. The result is cached under
 ``<state_dir>/microvm/image/``.
 
+The initramfs also carries the exec agent (:mod:`.agent`, started by
+``/init`` on the virtio serial port ``sprites.agent``) with the virtio
+modules it needs, and an ``/etc/passwd`` with the users ``exec --user``
+knows (root, sprite, nobody).
+
 Per sprite, :func:`sprite_initrd` appends a small uncompressed cpio archive
 holding ``/sprite/run`` (the sprite's command and environment) to the base
 initramfs; the kernel unpacks concatenated archives in order.
@@ -33,7 +38,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.drivers import process
+from reconciler.drivers.microvm import agent
 from reconciler.errors import ReconcilerError, RuntimeCallError
+from reconciler.models import sandbox
 
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
@@ -46,15 +53,25 @@ IMAGE_DIR = "image"
 KERNEL_FILE = "vmlinux"
 INITRD_FILE = "initrd.cpio.gz"
 INFO_FILE = "image.json"
-IMAGE_FORMAT = 1
+#: 2: the exec agent and its virtio modules.
+IMAGE_FORMAT = 2
 
 #: Printed by the guest's init once it runs, before the sprite's command.
 READY_MARKER = "sprites-init: ready"
 #: Printed by the guest's init when the sprite's command has ended.
 EXIT_MARKER = "sprites-init: exit"
 #: Modules the initramfs carries, in load order: pvpanic reports a guest
-#: kernel panic to QEMU, so a panicked sprite shows as ``guest-panicked``.
-MODULES = ("kernel/drivers/misc/pvpanic/pvpanic.ko", "kernel/drivers/misc/pvpanic/pvpanic-mmio.ko")
+#: kernel panic to QEMU, so a panicked sprite shows as ``guest-panicked``;
+#: the virtio ones give the exec agent its serial port (virtio-mmio devices
+#: are found through ACPI on QEMU's microvm machine).
+MODULES = (
+    "kernel/drivers/misc/pvpanic/pvpanic.ko",
+    "kernel/drivers/misc/pvpanic/pvpanic-mmio.ko",
+    "kernel/drivers/virtio/virtio_ring.ko",
+    "kernel/drivers/virtio/virtio.ko",
+    "kernel/drivers/virtio/virtio_mmio.ko",
+    "kernel/drivers/char/virtio_console.ko",
+)
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
 # PID 1 of a sprites microVM.
@@ -68,6 +85,7 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 for module in /lib/modules/*.ko; do insmod "$module" 2>/dev/null; done
+chown 1000:1000 /home/sprite
 set -f
 name=sprite
 probe=
@@ -83,6 +101,9 @@ export PS1='\\h:\\w\\$ '
 cd /root
 echo "{READY_MARKER} $(hostname)"
 if [ -n "$probe" ]; then poweroff -f; fi
+if [ -x /{agent.GUEST_PATH} ]; then
+  setsid sh -c 'until /{agent.GUEST_PATH}; do sleep 1; done' </dev/null >/dev/null 2>&1 &
+fi
 if [ -f /sprite/run ]; then
   setsid cttyhack sh /sprite/run
 else
@@ -94,7 +115,33 @@ echo "{EXIT_MARKER} $status"
 poweroff -f
 """
 
-_DIRS = ("bin", "dev", "etc", "lib", "lib/modules", "proc", "root", "run", "sys", "tmp", "sprite")
+_DIRS = (
+    "bin",
+    "dev",
+    "etc",
+    "home",
+    "home/sprite",
+    "lib",
+    "lib/modules",
+    "proc",
+    "root",
+    "run",
+    "sys",
+    "tmp",
+    "sprite",
+)
+
+
+def _etc_files() -> dict[str, bytes]:
+    """/etc/passwd and /etc/group with the users a sprite knows."""
+    shells = {"root": "/bin/sh", "sprite": "/bin/sh"}
+    passwd = "".join(
+        f"{name}:x:{uid}:{gid}:{name}:{home}:{shells.get(name, '/bin/false')}\n"
+        for name, (uid, gid, home) in sandbox.USERS.items()
+    )
+    group = "".join(f"{name}:x:{gid}:\n" for name, gid in sandbox.GROUPS.items())
+    return {"etc/passwd": passwd.encode(), "etc/group": group.encode()}
+
 
 Progress = Callable[[str], None]
 
@@ -192,13 +239,17 @@ def _build(root: pathlib.Path, work: pathlib.Path, progress: Progress, deadline:
         files: dict[str, bytes] = {
             "init": INIT_SCRIPT.encode(),
             "bin/busybox": busybox.read_bytes(),
+            agent.GUEST_PATH: agent.AGENT_SCRIPT.encode(),
+            **_etc_files(),
         }
         for index, module in enumerate(MODULES, start=1):
             path = modules / module
             if path.is_file():
                 files[f"lib/modules/{index}-{path.name}"] = path.read_bytes()
-        progress("Writing the initramfs (busybox, /init)")
-        archive = cpio_archive(_DIRS, files, executables={"init", "bin/busybox"}, devices=True)
+        progress("Writing the initramfs (busybox, /init, the exec agent)")
+        archive = cpio_archive(
+            _DIRS, files, executables={"init", "bin/busybox", agent.GUEST_PATH}, devices=True
+        )
         with gzip.GzipFile(staged / INITRD_FILE, "wb", compresslevel=6, mtime=0) as handle:
             handle.write(archive)
         info = {

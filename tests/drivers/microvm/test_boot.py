@@ -100,7 +100,7 @@ def test_boot_attach_kill_leaves_nothing(
     # The shell's prompt carries the hostname; type once it is there (the
     # shell's line editor would take early keystrokes as a terminal reply).
     wait_for(
-        lambda: f"{name}:/root# " in driver.attach(name, interactive=False).stdout,
+        lambda: f"{name}:~# " in driver.attach(name, interactive=False).stdout,
         what="the shell's prompt",
     )
     # The console is the guest's own: its kernel, its hostname.

@@ -63,6 +63,13 @@ def test_qemu_gets_the_sprites_resources_and_no_network(
     assert "console=ttyS0" in append and "sprites.hostname=vm-a" in append
     assert "quiet" in append
     assert "tsc_early_khz=" in append  # TCG: skip the clock calibration that can hang
+    # The exec agent's port: a virtio serial port on a pipe chardev (two FIFOs).
+    chardevs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-chardev"]
+    pipe = next(c for c in chardevs if c.startswith("pipe,id=agent,"))
+    assert pipe.startswith(f"pipe,id=agent,path={driver.layout.run}/sprite-")
+    assert pipe.endswith(".agent")
+    devices = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-device"]
+    assert "virtserialport,chardev=agent,name=sprites.agent" in devices
 
 
 def test_a_failed_launch_says_why_and_leaves_nothing(
@@ -116,14 +123,25 @@ def test_a_sprites_own_initrd_boots_without_quiet(
     assert argv[argv.index("-kernel") + 1] == str(driver.layout.root / "image" / "vmlinux")
 
 
-def test_exec_is_refused_plainly(setup: tuple[MicroVMDriver, pathlib.Path]) -> None:
+def test_exec_needs_a_running_sprite_with_an_agent(
+    setup: tuple[MicroVMDriver, pathlib.Path],
+) -> None:
     driver, _ = setup
     with pytest.raises(SpriteNotFoundError):
         driver.exec("vm-a", ["true"])
+    with pytest.raises(RuntimeCallError, match="exec needs a command"):
+        driver.exec("vm-a", [])
     record = driver.layout.sprite("vm-a")
     record.mkdir(parents=True)
+    # A sprite started before the runtime had an agent says so.
     (record / "request.json").write_text('{"id": "sprite-000000000000"}')
-    with pytest.raises(RuntimeCallError, match="cannot run commands inside 'vm-a'"):
+    with pytest.raises(RuntimeCallError, match="started without the exec agent"):
+        driver.exec("vm-a", ["true"])
+    run = driver.layout.run / "sprite-000000000000.agent"
+    (record / "request.json").write_text(
+        f'{{"id": "sprite-000000000000", "agent": "{run}", "qmp": "{run}.qmp"}}'
+    )
+    with pytest.raises(RuntimeCallError, match="sprite 'vm-a' is not running"):
         driver.exec("vm-a", ["true"])
 
 

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from reconciler.drivers.microvm import image
+from reconciler.drivers.microvm import agent, image
 from reconciler.drivers.microvm.image import Image, ImageError
 
 
@@ -156,4 +156,12 @@ def test_the_built_image_boots_through_pvh_and_carries_the_init(guest_image: Ima
     assert entries["init"][1].decode() == image.INIT_SCRIPT
     assert stat.S_IMODE(entries["bin/busybox"][0]) == 0o755
     assert any(name.endswith("pvpanic-mmio.ko") for name in entries)
+    # The exec agent, the modules of its virtio serial port, in load order, and the users.
+    agent_entry = entries["bin/sprites-agent"]
+    assert stat.S_IMODE(agent_entry[0]) == 0o755
+    assert agent_entry[1].decode() == agent.AGENT_SCRIPT
+    modules = sorted(name for name in entries if name.startswith("lib/modules/"))
+    loaded = [name.split("-", 1)[1] for name in modules]
+    assert loaded[-4:] == ["virtio_ring.ko", "virtio.ko", "virtio_mmio.ko", "virtio_console.ko"]
+    assert b"sprite:x:1000:1000:" in entries["etc/passwd"][1]
     assert guest_image.info["kernel_package"].startswith("linux-image-")
