@@ -151,15 +151,23 @@ take() { # N FILE: append exactly N bytes of the port to FILE
 
 stop() { # end the command of the last session, and wait for its last frames
   [ -n "$job" ] || return 0
-  i=0
-  while [ ! -s "$R/pgid" ] && [ ! -e "$R/rc" ] && [ $i -lt 50 ]; do
+  i=0 dog=
+  while [ ! -s "$R/pgid" ] && [ ! -s "$R/rc" ] && [ $i -lt 50 ]; do
     usleep 100000
     i=$((i + 1))
   done
-  if [ ! -e "$R/rc" ] && [ -s "$R/pgid" ] && read -r g <"$R/pgid"; then
-    kill -KILL -"$g"
+  if [ ! -s "$R/rc" ]; then
+    [ -s "$R/pgid" ] && read -r g <"$R/pgid" && kill -KILL -"$g"
+    # A relay that does not end even so is killed: the host skips what it
+    # left half-written up to the empty line before READY.
+    (
+      sleep 10
+      kill -KILL "$job"
+    ) &
+    dog=$!
   fi
   wait "$job"
+  [ -z "$dog" ] || kill "$dog"
   job=
 }
 
@@ -190,7 +198,7 @@ feed() { # the command's streamed stdin: what came before GO, then each chunk an
     [ "$c" = eof ] && return
     cat "$R/in.$c" || return
     rm -f "$R/in.$c"
-    echo "$c" 1<>"$R/wake"
+    printf a 1<>"$R/wake"
   done
 }
 
@@ -215,16 +223,23 @@ relay() { # TOKEN MODE: run the command, send its output as it comes, then how i
       exec setsid /bin/sh -c 'echo $$ >"$1/pgid"; . "$1/script"' sh "$R"
     )
     echo $? >"$R/rc"
-    echo done 1<>"$R/wake"
+    printf d 1<>"$R/wake"
   ) &
-  while [ ! -e "$R/rc" ]; do
+  # Until the wrapper's "d" (rc may exist before it holds the code), with
+  # an "a" from the feeder for each chunk. One byte each: a read -t that
+  # times out drops what it read of a longer line.
+  ended= acks=0
+  while [ -z "$ended" ]; do
     if send OUT out; then quiet=0; fi
     if send ERR err; then quiet=0; fi
     case $quiet in 0) w=0.02 ;; 1) w=0.05 ;; 2) w=0.1 ;; 3) w=0.2 ;; *) w=0.5 ;; esac
     quiet=$((quiet + 1))
-    if read -t "$w" x <&7; then
-      case $x in '' | *[!0-9]*) ;; *)
-        printf 'ACK %s %s\n' "$t" "$x" >&3
+    if read -r -n 1 -t "$w" x <&7; then
+      case $x in
+      d) ended=1 ;;
+      a)
+        acks=$((acks + 1))
+        printf 'ACK %s %s\n' "$t" "$acks" >&3
         quiet=0
         ;;
       esac
@@ -271,7 +286,7 @@ while read -r verb t n <&3; do
       take "$n" /dev/null
     elif [ -z "$job" ]; then
       take "$n" "$R/stdin" || lose "cannot keep stdin in the guest's memory"
-    elif [ "$mode" = 1 ] && [ ! -e "$R/rc" ]; then
+    elif [ "$mode" = 1 ] && [ ! -s "$R/rc" ]; then
       k=$((k + 1))
       if take "$n" "$R/in.$k"; then
         echo "$k" >&8
@@ -292,7 +307,7 @@ while read -r verb t n <&3; do
     [ "$t" = "$token" ] && [ "$mode" = 1 ] && echo eof >&8
     ;;
   KILL)
-    [ "$t" = "$token" ] && [ ! -e "$R/rc" ] && [ -s "$R/pgid" ] && read -r g <"$R/pgid" &&
+    [ "$t" = "$token" ] && [ ! -s "$R/rc" ] && [ -s "$R/pgid" ] && read -r g <"$R/pgid" &&
       kill -KILL -"$g"
     ;;
   esac

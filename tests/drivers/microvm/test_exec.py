@@ -78,6 +78,10 @@ def test_exit_codes_and_output(guest: Guest) -> None:
     assert result.duration > 0
     assert guest.run("true").exit_code == 0
     assert guest.run("sh", "-c", "kill -TERM $$").exit_code == 128 + 15
+    # Back to back, each call gets its own command's code (none is cut short
+    # or mixed up with the one before).
+    codes = [guest.run("sh", "-c", f"exit {n % 7}").exit_code for n in range(60)]
+    assert codes == [n % 7 for n in range(60)]
     # Binary output of several frames comes back intact.
     digest = guest.out("sh", "-c", "head -c 3000000 /dev/urandom >/tmp/blob; sha256sum /tmp/blob")
     blob = guest.run("cat", "/tmp/blob").stdout
