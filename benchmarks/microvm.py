@@ -2,7 +2,9 @@
 
 Boots N microVMs one after another and measures boot-to-init (``start``
 returns once the guest's init announced itself on its console) and the
-memory of each VMM (QEMU's RSS and PSS once the guest runs its shell). Then
+memory of each VMM (QEMU's RSS and PSS once the guest runs its shell), and
+in the first guest the ``exec`` round trip of ``true`` through the guest's
+agent and the throughput of 4 MiB through ``cat`` (stdin in, stdout out). Then
 starts the same number of built-in sprites (when that runtime can run here)
 and measures start-to-running and the memory of its per-sprite processes
 (init and supervisor). Everything started is killed at the end, even on
@@ -62,9 +64,27 @@ def kill_all(kill: Callable[[str], object], names: list[str]) -> None:
             print(f"warning: kill {name}: {exc}", file=sys.stderr)
 
 
+def bench_exec(driver: MicroVMDriver, name: str, count: int) -> tuple[list[float], float]:
+    """ms per ``exec true`` (after 3 to warm up), and MB/s of 4 MiB through ``cat``."""
+    for _ in range(3):
+        driver.exec(name, ["true"])
+    times = []
+    for _ in range(count):
+        began = time.perf_counter()
+        result = driver.exec(name, ["true"])
+        times.append((time.perf_counter() - began) * 1000)
+        assert result.exit_code == 0
+    data = os.urandom(4 * MiB)
+    began = time.perf_counter()
+    result = driver.exec(name, ["cat"], stdin=data)
+    elapsed = time.perf_counter() - began
+    assert result.stdout == data
+    return times, len(data) / elapsed / 1e6
+
+
 def bench_microvm(
-    state_dir: pathlib.Path, count: int, memory: int, accel: str
-) -> tuple[str, list[float], list[int], list[int]]:
+    state_dir: pathlib.Path, count: int, memory: int, accel: str, exec_count: int
+) -> tuple[str, list[float], list[int], list[int], tuple[list[float], float]]:
     if find_image(state_dir / "microvm") is None:
         print("building the guest image (sprites image build) ...", flush=True)
         build_image(state_dir, progress=lambda line: print(f"  {line}", flush=True))
@@ -77,6 +97,7 @@ def bench_microvm(
     rss: list[int] = []
     pss: list[int] = []
     names: list[str] = []
+    execs: tuple[list[float], float] = ([], 0.0)
     try:
         for index in range(count):
             name = f"bench-vm-{index}"
@@ -92,9 +113,11 @@ def bench_microvm(
                 f"  {name}: boot to init {boots[-1]:.3f} s, QEMU RSS {rss[-1] / 1024:.1f} MiB",
                 flush=True,
             )
+            if index == 0:
+                execs = bench_exec(driver, name, exec_count)
     finally:
         kill_all(driver.kill, names)
-    return decision.accel, boots, rss, pss
+    return decision.accel, boots, rss, pss, execs
 
 
 def bench_builtin(state_dir: pathlib.Path, count: int) -> tuple[list[float], list[int]] | str:
@@ -152,7 +175,9 @@ def main() -> int:
     state_dir = args.state_dir or pathlib.Path(tempfile.mkdtemp(prefix="mvm-bench-"))
     try:
         print(f"microvm: booting {count} guests of {args.memory} MiB one after another", flush=True)
-        accel, boots, rss, pss = bench_microvm(state_dir, count, args.memory * MiB, args.accel)
+        accel, boots, rss, pss, execs = bench_microvm(
+            state_dir, count, args.memory * MiB, args.accel, 20 if args.quick else 100
+        )
         print(f"builtin: starting {count} sprites one after another", flush=True)
         ns = bench_builtin(state_dir, count)
     finally:
@@ -164,6 +189,12 @@ def main() -> int:
         f"p95 {percentile(boots, 0.95):.3f} s over {len(boots)} boots; "
         f"VMM (QEMU) RSS {statistics.mean(rss) / 1024:.1f} MiB, "
         f"PSS {statistics.mean(pss) / 1024:.1f} MiB per {args.memory} MiB guest"
+    )
+    exec_times, throughput = execs
+    print(
+        f"microvm ({accel}): exec true p50 {statistics.median(exec_times):.1f} ms, "
+        f"p95 {percentile(exec_times, 0.95):.1f} ms over {len(exec_times)} calls "
+        f"(through the guest's agent); 4 MiB through cat at {throughput:.1f} MB/s"
     )
     if isinstance(ns, str):
         print(f"builtin: not measured ({ns})")
