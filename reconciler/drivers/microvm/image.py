@@ -129,6 +129,7 @@ _DIRS = (
     "sys",
     "tmp",
     "sprite",
+    "work",
 )
 
 

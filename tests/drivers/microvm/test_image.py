@@ -164,4 +164,5 @@ def test_the_built_image_boots_through_pvh_and_carries_the_init(guest_image: Ima
     loaded = [name.split("-", 1)[1] for name in modules]
     assert loaded[-4:] == ["virtio_ring.ko", "virtio.ko", "virtio_mmio.ko", "virtio_console.ko"]
     assert b"sprite:x:1000:1000:" in entries["etc/passwd"][1]
+    assert stat.S_ISDIR(entries["work"][0])  # where files are copied to, as on every runtime
     assert guest_image.info["kernel_package"].startswith("linux-image-")
