@@ -230,3 +230,31 @@ def mem_available() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+# ------------------------------------------------------------ console and log text
+
+
+def console_text(name: str, recent: str) -> str:
+    """The one-shot attach output of the wisp contract."""
+    return f"Connected to {name}. Console output:\n{recent}"
+
+
+def sprite_logs_text(lines: list[str], console: str) -> str:
+    """One sprite's log lines, then its console history."""
+    out = "".join(line + "\n" for line in lines)
+    out += "Console output:\n" + console
+    if console and not console.endswith("\n"):
+        out += "\n"
+    return out
+
+
+def merged_logs_text(runtime_log: str, sprites: list[tuple[str, list[str]]]) -> str:
+    """The runtime's log and every sprite's (tagged with its name), by time."""
+    entries = runtime_log.splitlines()
+    for name, lines in sprites:
+        for line in lines:
+            stamp, _, message = line.partition(" ")
+            entries.append(f"{stamp} [{name}] {message}")
+    entries.sort(key=lambda line: line.split(" ", 1)[0])
+    return "".join(line + "\n" for line in entries)

@@ -445,7 +445,7 @@ class BuiltinDriver:
                 ) from exc
             return base.CallResult(stdout=f"{ended}\n", id=record.id, pid=record.init_pid)
         return base.CallResult(
-            stdout=f"Connected to {name}. Console output:\n{text}",
+            stdout=hostio.console_text(name, text),
             id=record.id,
             pid=record.init_pid if record.init_alive else None,
         )
@@ -454,24 +454,15 @@ class BuiltinDriver:
         if name is not None:
             self._check_name("logs", name)
             record, text = self._record_and_console("logs", name)
-            lines = self._sprite_log(record)
-            out = "".join(line + "\n" for line in lines)
-            out += "Console output:\n" + text
-            if text and not text.endswith("\n"):
-                out += "\n"
+            out = hostio.sprite_logs_text(self._sprite_log(record), text)
             return base.CallResult(stdout=out, id=record.id)
-        entries: builtins.list[str] = []
-        runtime = self._read_file(self.layout.runtime_log)
-        entries.extend(runtime.splitlines())
+        sprites: builtins.list[tuple[str, builtins.list[str]]] = []
         for sprite_name in self._names():
             other = self._load(sprite_name)
-            if other is None:
-                continue
-            for line in self._sprite_log(other):
-                stamp, _, message = line.partition(" ")
-                entries.append(f"{stamp} [{sprite_name}] {message}")
-        entries.sort(key=lambda line: line.split(" ", 1)[0])
-        return base.CallResult(stdout="".join(line + "\n" for line in entries))
+            if other is not None:
+                sprites.append((sprite_name, self._sprite_log(other)))
+        runtime = self._read_file(self.layout.runtime_log)
+        return base.CallResult(stdout=hostio.merged_logs_text(runtime, sprites))
 
     def close(self) -> None:
         """Nothing to release: sprites outlive the driver by design."""

@@ -429,7 +429,7 @@ class MicroVMDriver:
                 ) from exc
             return base.CallResult(stdout=f"{ended}\n", id=record.id, pid=record.pid)
         return base.CallResult(
-            stdout=f"Connected to {name}. Console output:\n{console.text(recent)}",
+            stdout=hostio.console_text(name, console.text(recent)),
             id=record.id,
             pid=record.pid if record.alive else None,
         )
@@ -441,22 +441,13 @@ class MicroVMDriver:
             lines = self._sprite_log(record)
             console.trim(record.console_log)
             text = console.text(console.tail(record.console_log))
-            out = "".join(line + "\n" for line in lines)
-            out += "Console output:\n" + text
-            if text and not text.endswith("\n"):
-                out += "\n"
-            return base.CallResult(stdout=out, id=record.id)
-        entries: builtins.list[str] = []
+            return base.CallResult(stdout=hostio.sprite_logs_text(lines, text), id=record.id)
         try:
-            entries.extend(self.layout.runtime_log.read_text(errors="replace").splitlines())
+            runtime = self.layout.runtime_log.read_text(errors="replace")
         except OSError:
-            pass
-        for record in self._records():
-            for line in self._sprite_log(record):
-                stamp, _, message = line.partition(" ")
-                entries.append(f"{stamp} [{record.name}] {message}")
-        entries.sort(key=lambda line: line.split(" ", 1)[0])
-        return base.CallResult(stdout="".join(line + "\n" for line in entries))
+            runtime = ""
+        sprites = [(record.name, self._sprite_log(record)) for record in self._records()]
+        return base.CallResult(stdout=hostio.merged_logs_text(runtime, sprites))
 
     def exec(
         self,
