@@ -17,7 +17,9 @@ Environment
 -----------
 ``FAKEWISP_STATE``   the inventory file (JSON), created if absent. Required.
 ``FAKEWISP_SCRIPT``  a fault script (JSON, below), re-read on every call.
-``FAKEWISP_HISTORY`` JSON lines, one per successful state change::
+The inventory file also keeps the history, one entry per successful state
+change, saved in the same atomic write as the change itself (so a call
+killed at any instant leaves history and inventory in agreement)::
 
     {"t": <unix time>, "op": "start"|"kill", "name": ..., "memory": <bytes>,
      "cpus": <n>, "running": <running sprites after>,
@@ -129,7 +131,7 @@ class Failure(Exception):
 
 
 def empty_state() -> dict[str, Any]:
-    return {"next": 1, "sprites": {}, "counters": {}}
+    return {"next": 1, "sprites": {}, "counters": {}, "history": []}
 
 
 @contextmanager
@@ -194,8 +196,7 @@ def append_line(env_var: str, record: dict[str, Any]) -> None:
 
 
 def record(state: dict[str, Any], op: str, sprite: dict[str, Any], **extra: Any) -> None:
-    append_line(
-        "FAKEWISP_HISTORY",
+    state["history"].append(
         {
             "t": time.time(),
             "op": op,

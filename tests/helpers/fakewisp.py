@@ -61,7 +61,6 @@ class FakeWisp:
         self.bin_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = self.directory / "state.json"
         self.script_file = self.directory / "script.json"
-        self.history_file = self.directory / "history.jsonl"
         self.calls_file = self.directory / "calls.jsonl"
         #: The raw scripted executable; it needs :attr:`env` to be set.
         self.executable = str(FAKEWISP)
@@ -75,7 +74,6 @@ class FakeWisp:
         return {
             "FAKEWISP_STATE": str(self.state_file),
             "FAKEWISP_SCRIPT": str(self.script_file),
-            "FAKEWISP_HISTORY": str(self.history_file),
             "FAKEWISP_CALLS": str(self.calls_file),
         }
 
@@ -110,7 +108,8 @@ class FakeWisp:
 
     def history(self) -> list[dict[str, Any]]:
         """The successful state changes, oldest first."""
-        return _json_lines(self.history_file)
+        with self._state() as state:
+            return [dict(entry) for entry in state["history"]]
 
     def peak(self) -> dict[str, int]:
         """The highest running count, memory and cpus ever reached."""
@@ -193,7 +192,7 @@ class FakeWisp:
 
     def reset(self) -> None:
         """Empty inventory, history, call log and script."""
-        for path in (self.state_file, self.history_file, self.calls_file, self.script_file):
+        for path in (self.state_file, self.calls_file, self.script_file):
             path.unlink(missing_ok=True)
 
     # -- internals ------------------------------------------------------------
