@@ -27,7 +27,7 @@ import time
 
 from reconciler import planner
 from reconciler.bulk import collector_paused
-from reconciler.models.manifest import Budget, DesiredSprite
+from reconciler.models.desired import Budget, DesiredSprite
 from reconciler.models.observed import Inventory, ObservedSprite
 from reconciler.models.state import OwnedRecord
 

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from reconciler.drivers.microvm import Image
     from reconciler.executor import ApplyHooks, ApplyResult
     from reconciler.manifest import LoadedManifest
-    from reconciler.models.manifest import Budget
+    from reconciler.models.desired import Budget
     from reconciler.models.plan import Plan
     from reconciler.state import StateStore
     from reconciler.status import StatusReport
@@ -431,12 +431,12 @@ class Engine:
         return loaded
 
     def budget(self, loaded: LoadedManifest | None) -> Budget:
-        from reconciler.models.manifest import Budget
+        from reconciler.models.desired import Budget
 
         limits = loaded.manifest.limits if loaded is not None else None
         return Budget(
             host_max_vms=self.config.agent.max_vms,
-            max_vms=limits.maxVMs if limits else None,
+            max_vms=limits.max_vms if limits else None,
             memory=limits.memory if limits else None,
             cpus=limits.cpus if limits else None,
         )

@@ -24,7 +24,7 @@ from typing import Any
 
 from reconciler.drivers.base import CallResult, Driver, StartRequest
 from reconciler.errors import ReconcilerError, SpriteNotFoundError
-from reconciler.models.manifest import Budget
+from reconciler.models.desired import Budget
 from reconciler.models.observed import Inventory
 from reconciler.models.plan import Action, Change, Plan
 from reconciler.models.state import Expiry, OwnedRecord, ProjectState

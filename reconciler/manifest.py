@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from reconciler.bulk import collector_paused
 from reconciler.errors import ManifestError, Position
-from reconciler.models.manifest import DesiredSprite, Manifest, desired_sprites
+from reconciler.models.desired import DesiredSprite, ManifestSpec, desired_sprites, quick_spec
 
 #: Manifests describe sprites, not data; 10,000 sprites fit in well under this.
 MAX_MANIFEST_BYTES = 8 << 20
@@ -109,7 +108,7 @@ class LoadedManifest:
     """A validated manifest, where it came from, and its digest."""
 
     path: Path
-    manifest: Manifest
+    manifest: ManifestSpec
     desired: dict[str, DesiredSprite]
     #: sha256 of the file's bytes; a saved plan is stale when it changes.
     digest: str
@@ -197,10 +196,7 @@ def _parse(
             _node_position(shown, root),
             f"expected a mapping with version, project and sprites at the top, got a {_kind(root)}",
         )
-    try:
-        manifest = Manifest.model_validate(data)
-    except ValidationError as exc:
-        raise _translate(exc, shown, root) from None
+    manifest = quick_spec(data) or _validate(data, shown, root)
     try:
         desired = desired_sprites(
             manifest, default_memory=default_memory, default_cpus=default_cpus
@@ -213,6 +209,18 @@ def _parse(
     return LoadedManifest(
         path=path or Path(shown), manifest=manifest, desired=desired, digest=digest
     )
+
+
+def _validate(data: dict[str, Any], shown: str, root: yaml.Node) -> ManifestSpec:
+    """The models' verdict on a manifest the quick validator left to them."""
+    from pydantic import ValidationError
+
+    from reconciler.models.manifest import Manifest
+
+    try:
+        return Manifest.model_validate(data).spec()
+    except ValidationError as exc:
+        raise _translate(exc, shown, root) from None
 
 
 def _offset_position(shown: str, text: str, offset: int) -> Position:
@@ -404,7 +412,8 @@ _MESSAGES = {
 }
 
 
-def _translate(exc: ValidationError, shown: str, root: yaml.Node) -> ManifestError:
+def _translate(exc: Any, shown: str, root: yaml.Node) -> ManifestError:
+    """A pydantic ``ValidationError`` as one located error (the first in the file)."""
     errors = exc.errors(include_url=False)
     located: list[tuple[tuple[int, int], Position, str, str]] = []
     for error in errors:

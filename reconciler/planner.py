@@ -14,7 +14,7 @@ from typing import Any
 
 from reconciler.errors import BudgetExceededError, OwnershipError
 from reconciler.models import units
-from reconciler.models.manifest import Budget, DesiredSprite
+from reconciler.models.desired import Budget, DesiredSprite
 from reconciler.models.observed import Inventory, ObservedSprite
 from reconciler.models.plan import (
     Action,

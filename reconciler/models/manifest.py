@@ -1,17 +1,17 @@
-"""The sprites manifest as pydantic models, and its resolution into the
-concrete sprites a project wants (:class:`DesiredSprite`).
+"""The sprites manifest as pydantic models: the authority on what a valid
+manifest is, and the source of every validation error's wording.
 
-The models describe the file; :func:`desired_sprites` applies defaults and
-expands replicas. The JSON Schema users see (``sprites schema``) is made from
-these models, so field descriptions here are user documentation.
+:meth:`Manifest.spec` turns a validated manifest into the plain
+:class:`~reconciler.models.desired.ManifestSpec` the engine works with; the
+common case skips these models altogether (see
+:func:`reconciler.models.desired.quick_spec`). The JSON Schema users see
+(``sprites schema``) is made from these models, so field descriptions here
+are user documentation.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -29,10 +29,15 @@ from pydantic import (
 )
 
 from reconciler.models import sandbox, units
-
-_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-MAX_REPLICAS = 1000
-MIN_MEMORY = 1 << 20
+from reconciler.models.desired import (
+    ENV_KEY_RE,
+    MAX_REPLICAS,
+    MIN_MEMORY,
+    LimitsSpec,
+    ManifestSpec,
+    MountSpec,
+    TemplateSpec,
+)
 
 
 def _size(value: object) -> int:
@@ -307,21 +312,26 @@ class SpriteTemplate(_Strict):
                 raise ValueError(f"mount target {target} is given more than once")
         return mounts
 
-    def sandbox_options(self) -> dict[str, Any]:
-        """The sandbox settings as they go into the canonical spec: only the
-        ones set, defaults left out, so adding them never changes old specs."""
-        mounts = [
-            {"source": m.source, "target": m.target, "readOnly": m.readOnly}
-            for m in self.mounts or ()
-        ]
-        return {
-            "workdir": self.workdir,
-            "user": self.user,
-            "mounts": mounts or None,
-            "network": self.network if self.network == "host" else None,
-            "keep": True if self.keep else None,
-            "pids": self.pids if self.pids != sandbox.DEFAULT_PIDS else None,
-        }
+    def spec(self) -> TemplateSpec:
+        return TemplateSpec(
+            memory=self.memory,
+            cpus=self.cpus,
+            replicas=self.replicas,
+            command=None if self.command is None else tuple(self.command),
+            env=None if self.env is None else tuple(sorted(self.env.items())),
+            ttl=self.ttl,
+            runtime=self.runtime,
+            kernel=self.kernel,
+            initrd=self.initrd,
+            workdir=self.workdir,
+            user=self.user,
+            mounts=None
+            if self.mounts is None
+            else tuple(MountSpec(m.source, m.target, m.readOnly) for m in self.mounts),
+            network=self.network,
+            keep=self.keep,
+            pids=self.pids,
+        )
 
     @model_validator(mode="after")
     def _guest_only_for_microvm(self) -> SpriteTemplate:
@@ -333,7 +343,7 @@ class SpriteTemplate(_Strict):
     @classmethod
     def _env_keys(cls, env: dict[str, str] | None) -> dict[str, str] | None:
         for key, value in (env or {}).items():
-            if not _ENV_KEY_RE.fullmatch(key):
+            if not ENV_KEY_RE.fullmatch(key):
                 raise ValueError(f"invalid environment variable name {key!r}")
             if "\x00" in value:
                 raise ValueError(f"environment variable {key} contains a NUL byte")
@@ -350,10 +360,18 @@ class SpriteTemplate(_Strict):
         return command
 
 
+def _version(value: object) -> object:
+    if type(value) is not int:
+        raise ValueError(f"expected 1, got {value!r}")
+    return value
+
+
 class Manifest(_Strict):
     """A sprites manifest: the sprites one project wants running."""
 
-    version: Literal[1] = Field(description="Manifest format version; always 1.")
+    version: Annotated[Literal[1], BeforeValidator(_version)] = Field(
+        description="Manifest format version; always 1."
+    )
     project: Name = Field(
         description="Ownership scope: apply and destroy touch only sprites this project started."
     )
@@ -361,110 +379,14 @@ class Manifest(_Strict):
     limits: Limits | None = None
     sprites: dict[Name, SpriteTemplate] = Field(default_factory=dict)
 
-
-@dataclass(frozen=True, slots=True)
-class Budget:
-    """Every limit the plan must respect. ``None`` means unlimited."""
-
-    #: Host-wide: every running sprite counts, whoever started it.
-    host_max_vms: int | None = None
-    #: This project's own limits (the manifest's ``limits``).
-    max_vms: int | None = None
-    memory: int | None = None
-    cpus: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DesiredSprite:
-    """One concrete sprite the manifest asks for, defaults applied."""
-
-    name: str
-    memory: int
-    cpus: int
-    command: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-    #: The manifest key it came from (differs from ``name`` for replicas).
-    template: str = ""
-    spec: dict[str, Any] = field(default_factory=dict, compare=False)
-    #: Seconds the sprite may run before it expires; metadata, kept out of ``spec``.
-    ttl: float | None = None
-
-    @staticmethod
-    def make(
-        name: str,
-        memory: int,
-        cpus: int,
-        command: tuple[str, ...] = (),
-        env: tuple[tuple[str, str], ...] = (),
-        template: str = "",
-        *,
-        ttl: float | None = None,
-        options: Mapping[str, Any] | None = None,
-    ) -> DesiredSprite:
-        return DesiredSprite(
-            name,
-            memory,
-            cpus,
-            command,
-            env,
-            template or name,
-            canonical_spec(memory, cpus, command, env, options),
-            ttl,
+    def spec(self) -> ManifestSpec:
+        limits = self.limits
+        return ManifestSpec(
+            project=self.project,
+            default_memory=self.defaults.memory,
+            default_cpus=self.defaults.cpus,
+            limits=None
+            if limits is None
+            else LimitsSpec(max_vms=limits.maxVMs, memory=limits.memory, cpus=limits.cpus),
+            sprites={key: template.spec() for key, template in self.sprites.items()},
         )
-
-
-def canonical_spec(
-    memory: int,
-    cpus: int,
-    command: tuple[str, ...] | list[str] = (),
-    env: Any = (),
-    options: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The spec as recorded in state and compared by the planner: plain JSON
-    values, optional keys only when set, so new optional fields never make
-    old records look changed."""
-    spec: dict[str, Any] = {"memory": memory, "cpus": cpus}
-    if command:
-        spec["command"] = list(command)
-    if env:
-        spec["env"] = dict(env)
-    for key, value in (options or {}).items():
-        if value is not None:
-            spec[key] = value
-    return spec
-
-
-def desired_sprites(
-    manifest: Manifest, *, default_memory: int, default_cpus: int
-) -> dict[str, DesiredSprite]:
-    """Expand replicas and apply defaults. Raises ValueError with a ``path: why``
-    message when expanded names collide or grow too long."""
-    memory_default = manifest.defaults.memory or default_memory
-    cpus_default = manifest.defaults.cpus or default_cpus
-    result: dict[str, DesiredSprite] = {}
-    for key, template in manifest.sprites.items():
-        names = (
-            [key]
-            if template.replicas == 1
-            else [f"{key}-{i}" for i in range(1, template.replicas + 1)]
-        )
-        command = tuple(template.command or ())
-        env = tuple(sorted((template.env or {}).items()))
-        memory = template.memory or memory_default
-        cpus = template.cpus or cpus_default
-        options = {"runtime": template.runtime, "kernel": template.kernel, "initrd": template.initrd}
-        options.update(template.sandbox_options())
-        for name in names:
-            if not units.is_valid_name(name):
-                raise ValueError(
-                    f"sprites.{key}.replicas: the replica name {name!r} is longer than 63 characters"
-                )
-            if name in result:
-                raise ValueError(
-                    f"sprites.{key}: the sprite name {name!r} is already used by "
-                    f"sprites.{result[name].template}"
-                )
-            result[name] = DesiredSprite.make(
-                name, memory, cpus, command, env, key, ttl=template.ttl, options=options
-            )
-    return result

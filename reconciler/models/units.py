@@ -4,6 +4,7 @@ message that says what is expected."""
 
 from __future__ import annotations
 
+import math
 import re
 
 NAME_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
@@ -98,6 +99,8 @@ def parse_duration(value: object) -> float:
             seconds += float(match.group(1)) * _DURATION_FACTORS[match.group(2)]
             pos = match.end()
     else:
+        raise ValueError(f"invalid duration {value!r}: {DURATION_EXPECTED}")
+    if not math.isfinite(seconds):
         raise ValueError(f"invalid duration {value!r}: {DURATION_EXPECTED}")
     if seconds < 0:
         raise ValueError(f"invalid duration {value!r}: must not be negative")

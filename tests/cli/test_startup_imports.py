@@ -73,10 +73,27 @@ def test_light_commands_import_no_heavy_library(sprites: Sprites, args: tuple[st
     assert sorted(m for m in UNUSED if m in modules) == []
 
 
-def test_the_probe_sees_what_a_plan_imports(sprites: Sprites) -> None:
+def test_plan_and_apply_of_a_sound_manifest_build_no_pydantic_model(sprites: Sprites) -> None:
     sprites.use_example()
-    modules = imported(sprites, "plan")
-    assert {"pydantic", "yaml", "reconciler.planner"} <= modules
+    for command in (("plan",), ("apply", "--auto-approve")):
+        modules = imported(sprites, *command)
+        assert {"yaml", "reconciler.planner", "reconciler.models.desired"} <= modules, command
+        assert sorted(m for m in modules if m.partition(".")[0] == "pydantic") == [], command
+
+
+def test_a_manifest_with_a_problem_is_explained_by_the_models(sprites: Sprites) -> None:
+    sprites.write_manifest("version: 1\nproject: demo\nsprites:\n  a: {memory: lots}\n")
+    completed = subprocess.run(
+        [sys.executable, "-c", PROBE, "--state-dir", str(sprites.state_dir), "plan"],
+        cwd=sprites.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "sprites.yaml:4:" in completed.stderr and "sprites.a.memory" in completed.stderr
+    report = json.loads(completed.stderr.rpartition("\nMODULES ")[2])
+    assert report["code"] == 1
+    assert {"pydantic", "reconciler.models.manifest"} <= set(report["modules"])
 
 
 def test_short_commands_run_without_the_collector_and_watchers_with_it(sprites: Sprites) -> None:

@@ -17,7 +17,7 @@ from reconciler.drivers.multi import MultiDriver, runtimes_in_use
 from reconciler.engine import Engine
 from reconciler.errors import RuntimeCallError, SpriteExistsError, SpriteNotFoundError
 from reconciler.executor import Executor
-from reconciler.models.manifest import Budget, DesiredSprite
+from reconciler.models.desired import Budget, DesiredSprite
 from reconciler.models.observed import Inventory, ObservedSprite
 from reconciler.models.state import ProjectState
 from tests.helpers.fakewisp import FakeWisp

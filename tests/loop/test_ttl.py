@@ -5,7 +5,8 @@ value; the rest through the watch loop and plain apply on a fake clock."""
 from __future__ import annotations
 
 from reconciler import planner
-from reconciler.models.manifest import Budget, DesiredSprite, Manifest, desired_sprites
+from reconciler.models.desired import Budget, DesiredSprite, desired_sprites
+from reconciler.models.manifest import Manifest
 from reconciler.models.observed import Inventory, ObservedSprite
 from reconciler.models.plan import Action, Reason
 from reconciler.models.state import Expiry, OwnedRecord, ProjectState
@@ -39,8 +40,8 @@ def test_ttl_is_metadata_not_part_of_the_spec() -> None:
         {"version": 1, "project": "demo", "sprites": {"a": {"ttl": "30m"}}}
     )
     without = Manifest.model_validate({"version": 1, "project": "demo", "sprites": {"a": {}}})
-    a = desired_sprites(with_ttl, default_memory=512 * MiB, default_cpus=1)["a"]
-    b = desired_sprites(without, default_memory=512 * MiB, default_cpus=1)["a"]
+    a = desired_sprites(with_ttl.spec(), default_memory=512 * MiB, default_cpus=1)["a"]
+    b = desired_sprites(without.spec(), default_memory=512 * MiB, default_cpus=1)["a"]
     assert a.ttl == 1800.0 and b.ttl is None
     assert a.spec == b.spec == {"memory": 512 * MiB, "cpus": 1}
     # Adding a ttl to a running sprite does not replace it.

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reconciler.models.manifest import canonical_spec
+from reconciler.models.desired import canonical_spec
 from reconciler.models.state import OwnedRecord, ProjectState
 from reconciler.state import StateStore
 from tests.reliability.conftest import Project

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.models.manifest import canonical_spec
+from reconciler.models.desired import canonical_spec
 from reconciler.models.state import OwnedRecord, ProjectState
 from reconciler.state import StateStore
 from tests.reliability.conftest import Project, groups_gone, no_duplicate_starts, wait_for

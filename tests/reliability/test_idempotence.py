@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from reconciler.engine import Engine
 from reconciler.errors import BudgetExceededError, OwnershipError
-from reconciler.models.manifest import canonical_spec
+from reconciler.models.desired import canonical_spec
 from reconciler.models.state import OwnedRecord, ProjectState
 from reconciler.models.units import parse_size
 from reconciler.state import StateStore

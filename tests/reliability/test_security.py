@@ -22,7 +22,7 @@ from reconciler.drivers.wisp import WispDriver
 from reconciler.engine import Engine
 from reconciler.errors import InvalidNameError, ManifestError, RuntimeCallError, StateError
 from reconciler.manifest import parse_manifest
-from reconciler.models.manifest import canonical_spec
+from reconciler.models.desired import canonical_spec
 from reconciler.models.state import OwnedRecord, ProjectState
 from reconciler.state import StateStore
 from tests.reliability.conftest import Project

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from reconciler import planner
-from reconciler.models.manifest import Budget, DesiredSprite
+from reconciler.models.desired import Budget, DesiredSprite
 from reconciler.models.observed import Inventory, ObservedSprite
 from reconciler.models.plan import Plan
 from reconciler.models.state import OwnedRecord

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.errors import BudgetExceededError
-from reconciler.models.manifest import Budget, DesiredSprite
+from reconciler.models.desired import Budget, DesiredSprite
 from tests.unit.builders import GiB, MiB, desired, inventory, make_plan, owned, records, seen, want
 
 

@@ -18,7 +18,7 @@ from reconciler.errors import (
     SpriteNotFoundError,
 )
 from reconciler.executor import ApplyHooks, Executor
-from reconciler.models.manifest import Budget
+from reconciler.models.desired import Budget
 from reconciler.models.observed import Inventory, ObservedSprite
 from reconciler.models.plan import Change, Plan
 from reconciler.models.state import OwnedRecord, ProjectState

@@ -43,7 +43,7 @@ def test_the_shipped_example_loads_as_documented() -> None:
     assert loaded.desired["worker-2"].template == "worker"
     limits = loaded.manifest.limits
     assert limits is not None
-    assert (limits.maxVMs, limits.memory, limits.cpus) == (5, 4 * GiB, 8)
+    assert (limits.max_vms, limits.memory, limits.cpus) == (5, 4 * GiB, 8)
     assert len(loaded.digest) == 64
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from reconciler import planner
 from reconciler.errors import OwnershipError
-from reconciler.models.manifest import Budget
+from reconciler.models.desired import Budget
 from reconciler.models.plan import Action, Reason
 from tests.unit.builders import (
     GiB,
