@@ -4,9 +4,12 @@ open stdin, captured output, timeouts that leave nothing behind."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -154,3 +157,111 @@ def test_interactive_run_returns_the_exit_status() -> None:
 def test_interactive_run_of_a_missing_program_is_a_call_error() -> None:
     with pytest.raises(RuntimeCallError, match=r"^Failed to attach to Sprite: cannot run"):
         process.run_interactive(["/nonexistent/wisp", "attach", "a"])
+
+
+# -- dying with the sprites process ---------------------------------------------
+
+PDEATHSIG_PROBE = (
+    "import ctypes\n"
+    "signal = ctypes.c_int()\n"
+    "ctypes.CDLL(None).prctl(2, ctypes.byref(signal))\n"  # PR_GET_PDEATHSIG
+    "print(signal.value)\n"
+)
+
+
+@pytest.fixture(params=["setpriv", "hook"])
+def mechanism(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each way a child learns to die with its parent: through util-linux's
+    setpriv (where installed) and through a hook run before exec."""
+    if request.param == "setpriv":
+        monkeypatch.setattr(process, "_launcher_argv", None)
+        monkeypatch.delenv("SPRITES_NO_SETPRIV", raising=False)
+        if not process._launcher():
+            pytest.skip("setpriv (util-linux) is not installed")
+    else:
+        monkeypatch.setattr(process, "_launcher_argv", ())
+    return str(request.param)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_is_set_to_be_killed_when_its_parent_dies(mechanism: str) -> None:
+    completed = process.run([*PY, PDEATHSIG_PROBE], timeout=10, op="x")
+    assert completed.stdout.strip() == "9", (mechanism, completed)
+
+
+ORPHAN_MAKER = """\
+import sys
+from reconciler.drivers import process
+process.run([sys.executable, "-S", "-c", {child!r}], timeout=60, op="x")
+"""
+CHILD = "import os, time\nopen({path!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("launcher", ["setpriv", "hook"])
+def test_a_call_does_not_outlive_a_killed_parent(tmp_path: Path, launcher: str) -> None:
+    pid_file = tmp_path / "child.pid"
+    child = CHILD.format(path=str(pid_file))
+    env = dict(os.environ)
+    if launcher == "hook":
+        env["SPRITES_NO_SETPRIV"] = "1"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_MAKER.format(child=child)], env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.02)
+        pid = int(pid_file.read_text())
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while process_group_members(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process_group_members(pid) == [], "the call outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if pid_file.exists() and pid_file.read_text():
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_program_that_cannot_be_executed_is_a_call_error(tmp_path: Path, mechanism: str) -> None:
+    script = tmp_path / "wisp"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    with pytest.raises(
+        RuntimeCallError, match=r"^Failed to start Sprite: cannot run '.*wisp': Permission denied"
+    ):
+        process.run([str(script), "start"], timeout=10, op="start")
+    with pytest.raises(
+        RuntimeCallError, match=r"^Failed to start Sprite: cannot run '/nonexistent/wisp': "
+    ):
+        process.run(["/nonexistent/wisp", "start"], timeout=10, op="start")
+
+
+def test_a_launcher_without_pdeathsig_falls_back_to_the_hook(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = tmp_path / "setpriv"
+    old.write_text("#!/bin/sh\necho \"setpriv: unrecognized option '--pdeathsig'\" >&2\nexit 1\n")
+    old.chmod(0o755)
+    monkeypatch.setattr(process, "_launcher_argv", (str(old), "--pdeathsig", "KILL", "--"))
+    completed = process.run([*PY, PDEATHSIG_PROBE], timeout=10, op="x")
+    assert (completed.returncode, completed.stdout.strip()) == (0, "9")
+    assert process._launcher() == ()
+
+
+def test_a_command_failing_on_its_own_is_not_retried(tmp_path: Path) -> None:
+    counter = tmp_path / "runs"
+    code = (
+        f"import sys; open({str(counter)!r}, 'a').write('x'); sys.stderr.write('no'); sys.exit(1)"
+    )
+    completed = process.run([*PY, code], timeout=10, op="x")
+    assert (completed.returncode, completed.stderr) == (1, "no")
+    assert counter.read_text() == "x"
