@@ -473,6 +473,7 @@ def _run_apply(
             parallelism=parallelism,
             lock_timeout=timeout,
             approve=lambda plan: _confirm(auto_approve, as_json),
+            unattended=auto_approve,
             on_plan=view.plan,
             on_note=view.note,
             hooks=view.hooks(),

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -508,6 +508,7 @@ class Engine:
         report_conflicts: bool = False,
         select: Callable[[Plan], Plan] | None = None,
         caller: str | None = None,
+        unattended: bool = False,
     ) -> ApplyOutcome:
         """Plan under the project's lock, ask ``approve``, and execute.
 
@@ -516,6 +517,10 @@ class Engine:
         ``Plan.conflicts`` instead of failing; ``select`` may drop changes
         from the plan before it runs (the watch loop's backoff); ``caller``
         names the operation in the lock record and the events.
+        ``unattended`` says that ``approve`` answers at once (auto-approve, a
+        saved plan, the watch loop, an agent): the host's admission lock is
+        then taken before observing, and one listing serves the plan and the
+        admission of its starts.
         """
         from reconciler.executor import Executor
 
@@ -538,9 +543,15 @@ class Engine:
             loaded = self.load_manifest(manifest_path)
         name = loaded.project if loaded is not None else check_name(project or "")
         operation = caller or ("destroy" if destroy else "apply")
-        with self.store.lock(name, operation, timeout=lock_timeout) as notes:
+        early = (unattended or saved is not None) and not destroy
+        with (
+            self.store.lock(name, operation, timeout=lock_timeout) as notes,
+            ExitStack() as admission,
+        ):
             for note in notes:
                 on_note(note)
+            if early:
+                admission.enter_context(self._host_admission(True, lock_timeout))
             inventory = self._observe(name, operation)
             began = time.monotonic()
             try:
@@ -581,30 +592,33 @@ class Engine:
             if (plan.has_changes or plan.adopt) and saved is None and not approve(plan):
                 raise ApprovalError("Apply cancelled.")
             starts = any("start" in change.action.steps for change in plan.changes)
-            with self._host_admission(starts, lock_timeout):
-                if starts:
-                    inventory = self._recheck_host(
-                        plan,
-                        loaded,
-                        name,
-                        inventory,
-                        adopt=adopt,
-                        destroy=destroy,
-                        report_conflicts=report_conflicts,
-                        select=select,
-                    )
-                state = self.store.load(name)
-                logger = EventLogHook(self.events, name, operation)
-                executor = Executor(
-                    self.driver,
-                    state,
-                    self.store.save,
-                    self.budget(None if destroy else loaded),
-                    parallelism=parallelism,
-                    hooks=[*hooks, logger],
-                    clock=self.clock,
+            if not starts:
+                admission.close()
+            elif not early:
+                admission.enter_context(self._host_admission(True, lock_timeout))
+                inventory = self._recheck_host(
+                    plan,
+                    loaded,
+                    name,
+                    inventory,
+                    adopt=adopt,
+                    destroy=destroy,
+                    report_conflicts=report_conflicts,
+                    select=select,
                 )
-                result = executor.run(plan, inventory)
+            state = self.store.load(name)
+            logger = EventLogHook(self.events, name, operation)
+            executor = Executor(
+                self.driver,
+                state,
+                self.store.save,
+                self.budget(None if destroy else loaded),
+                parallelism=parallelism,
+                hooks=[*hooks, logger],
+                clock=self.clock,
+            )
+            result = executor.run(plan, inventory)
+            admission.close()
             for sprite, failure in result.failures:
                 if sprite not in logger.failed:
                     self.events.emit(

@@ -15,7 +15,7 @@ running at any moment never exceed the budget.
 
 from __future__ import annotations
 
-import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -30,7 +30,6 @@ from reconciler.models.plan import Action, Change, Plan
 from reconciler.models.state import Expiry, OwnedRecord, ProjectState
 
 DEFAULT_PARALLELISM = 10
-log = logging.getLogger("sprites.executor")
 
 
 class ApplyHooks:
@@ -215,7 +214,11 @@ class Executor:
             try:
                 getattr(hook, method)(*args)
             except Exception:  # noqa: BLE001
-                log.debug("apply hook %s.%s failed", type(hook).__name__, method, exc_info=True)
+                logging = sys.modules.get("logging")  # only --verbose imports it
+                if logging is not None:
+                    logging.getLogger("sprites.executor").debug(
+                        "apply hook %s.%s failed", type(hook).__name__, method, exc_info=True
+                    )
 
     def _bookkeeping(self, plan: Plan, inventory: Inventory) -> None:
         """Persist recovered records, forget vanished ones, take adopted ones."""

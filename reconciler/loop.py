@@ -322,6 +322,7 @@ class Watcher:
                 parallelism=self.parallelism,
                 lock_timeout=self.lock_timeout,
                 approve=lambda plan: True,
+                unattended=True,
                 report_conflicts=True,
                 select=self._select,
                 caller="watch",

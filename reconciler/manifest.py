@@ -18,7 +18,6 @@ collector is paused while the nodes are alive (:mod:`reconciler.bulk`).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import yaml
 
 from reconciler.bulk import collector_paused
+from reconciler.digest import sha256_hex
 from reconciler.errors import ManifestError, Position
 from reconciler.models.desired import DesiredSprite, ManifestSpec, desired_sprites, quick_spec
 
@@ -205,7 +205,7 @@ def _parse(
         field, _, message = str(exc).partition(": ")
         node = _find_node(root, tuple(field.split(".")[:2]))
         raise ManifestError(_node_position(shown, node), message, field=field) from None
-    digest = hashlib.sha256(raw).hexdigest()
+    digest = sha256_hex(raw)
     return LoadedManifest(
         path=path or Path(shown), manifest=manifest, desired=desired, digest=digest
     )

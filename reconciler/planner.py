@@ -8,10 +8,10 @@ refuses (raises) when the desired end state does not fit the budget.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from reconciler.digest import sha256_hex
 from reconciler.errors import BudgetExceededError, OwnershipError
 from reconciler.models import units
 from reconciler.models.desired import Budget, DesiredSprite
@@ -245,7 +245,7 @@ def _explain_nested(key: str, old: dict[str, Any], new: dict[str, Any]) -> Itera
 def inventory_digest(sprites: Iterable[ObservedSprite]) -> str:
     """A fingerprint of what runs: a saved plan is stale once it changes."""
     lines = sorted(f"{s.name}\0{s.id}\0{s.state}\n" for s in sprites)
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
+    return sha256_hex("".join(lines).encode())
 
 
 def is_expired(record: OwnedRecord, want: DesiredSprite, now: float | None) -> bool:

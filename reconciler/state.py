@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import getpass
-import glob
 import json
 import os
-import secrets
 import signal
-import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -75,7 +71,7 @@ def _fault_point(point: str) -> None:
 
 def write_private_file(path: Path, data: bytes) -> None:
     """Atomically replace ``path`` with ``data`` (mode 0600), never following links."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{_nonce()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -166,7 +162,7 @@ class Holder:
         return f"{self.operation} (pid {self.pid}, {self.user}@{self.host}, since {when})"
 
     def is_local(self) -> bool:
-        return self.host == socket.gethostname()
+        return self.host == _hostname()
 
     def is_alive(self) -> bool:
         """Only meaningful for a local holder."""
@@ -180,11 +176,7 @@ class Holder:
 
     @staticmethod
     def current(operation: str) -> Holder:
-        try:
-            user = getpass.getuser()
-        except (KeyError, OSError):
-            user = str(os.getuid())
-        return Holder(os.getpid(), socket.gethostname(), user, operation, time.time())
+        return Holder(os.getpid(), _hostname(), _user(), operation, time.time())
 
     @staticmethod
     def parse(raw: bytes) -> Holder | None:
@@ -302,11 +294,16 @@ class StateStore:
         state file itself is intact (the rename is atomic). Only a lock
         holder writes the project's state, so none of them is in use."""
         prefix = f".{self.state_path(project).name}."
-        for leftover in self.projects_dir.glob(f"{glob.escape(prefix)}*.tmp"):
-            try:
-                leftover.unlink()
-            except FileNotFoundError:
-                pass
+        try:
+            names = os.listdir(self.projects_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(prefix) and name.endswith(".tmp"):
+                try:
+                    os.unlink(self.projects_dir / name)
+                except FileNotFoundError:
+                    pass
 
     def _acquire(self, fd: int, project: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -397,3 +394,28 @@ class StateStore:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def _hostname() -> str:
+    """This host's name, as ``socket.gethostname()`` gives it on Linux
+    (without importing socket, which short commands do not otherwise need)."""
+    return os.uname().nodename
+
+
+def _user() -> str:
+    """The login name, found as ``getpass.getuser()`` finds it."""
+    for variable in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        name = os.environ.get(variable)
+        if name:
+            return name
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.getuid())
+
+
+def _nonce() -> str:
+    """Eight random hex digits: a temp file name no one can guess ahead."""
+    return os.urandom(4).hex()

@@ -276,7 +276,7 @@ def apply_sprites(
                 hint="Review the changes with PlanSprites first; nothing was changed.",
             )
         manifest_path, loaded = _source(eng, path, manifest)
-        outcome = eng.apply(manifest_path, loaded=loaded, approve=lambda plan: True)
+        outcome = eng.apply(manifest_path, loaded=loaded, approve=lambda plan: True, unattended=True)
         return envelope.applied(outcome)
 
     return _run("ApplySprites", engine, run)

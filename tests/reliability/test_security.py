@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -272,7 +271,7 @@ def test_a_planted_temp_file_is_never_written_through(
     victim.write_text("precious\n")
     store = StateStore(tmp_path / "state")
     store.save(ProjectState(project="demo"))
-    monkeypatch.setattr(secrets, "token_hex", lambda n=None: "guessed1")
+    monkeypatch.setattr(state_mod, "_nonce", lambda: "guessed1")
     planted = store.projects_dir / f".demo.json.{os.getpid()}.guessed1.tmp"
     planted.symlink_to(victim)
     with pytest.raises(FileExistsError):
