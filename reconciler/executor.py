@@ -165,6 +165,7 @@ class Executor:
         started_ok: list[str] = []
         inflight: dict[Future[CallResult], _Task] = {}
         settled = False  # records settled in memory since the last save
+        finished: list[tuple[_Task, StepOutcome]] = []  # not yet told to the hooks
         with ThreadPoolExecutor(
             max_workers=self.parallelism, thread_name_prefix="sprites-apply"
         ) as pool:
@@ -178,9 +179,20 @@ class Executor:
                     self.save(self.state)
                     settled = False
                 for task in batch:
-                    self._notify("pre_step", task.change, task.step)
                     task.started = time.monotonic()
                     inflight[pool.submit(self._call, task)] = task
+                # The hooks (output, the event log) hear of the steps that
+                # ended once the calls they made room for are on their way:
+                # telling them is not what the next start waits for. They
+                # still hear of every step's start before its end, and of a
+                # replace's kill ending before its start beginning.
+                for task, outcome in finished:
+                    self._notify(
+                        "post_step", task.change, task.step, outcome.error, outcome.elapsed
+                    )
+                finished.clear()
+                for task in batch:
+                    self._notify("pre_step", task.change, task.step)
                 if not inflight:
                     self._starve(ready, result)
                     break
@@ -189,9 +201,7 @@ class Executor:
                     task = inflight.pop(future)
                     outcome = self._settle(task, future, ledger)
                     result.outcomes.append(outcome)
-                    self._notify(
-                        "post_step", task.change, task.step, outcome.error, outcome.elapsed
-                    )
+                    finished.append((task, outcome))
                     if outcome.error is not None:
                         result.failures.append((task.change.address, outcome.error))
                     elif task.step_index + 1 < len(task.change.action.steps):
@@ -201,6 +211,8 @@ class Executor:
                         if task.step == "start":
                             started_ok.append(task.change.address)
                 settled = True
+        for task, outcome in finished:
+            self._notify("post_step", task.change, task.step, outcome.error, outcome.elapsed)
         if settled:
             self.save(self.state)
         if started_ok:
