@@ -15,10 +15,11 @@ running at any moment never exceed the budget.
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,65 @@ class _Task:
         return self.change.action.steps[self.step_index]
 
 
+class _Workers:
+    """Up to ``size`` threads that run ``call`` on submitted tasks, and one
+    queue on which each result (or the exception raised) comes back.
+
+    What ``concurrent.futures`` offers, without a future and a wait per call
+    (and without the logging module it imports, a short command's start-up
+    cost). Leaving the block waits for the calls in flight, as a thread pool
+    does: they were journaled and must be seen to their end.
+    """
+
+    def __init__(self, size: int, call: Callable[[_Task], CallResult]) -> None:
+        self.size = size
+        self.call = call
+        self.tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[tuple[_Task, CallResult | BaseException]] = (
+            queue.SimpleQueue()
+        )
+        self.threads: list[threading.Thread] = []
+        self.busy = 0
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for _ in self.threads:
+            self.tasks.put(None)
+        for thread in self.threads:
+            thread.join()
+
+    def submit(self, task: _Task) -> None:
+        self.busy += 1
+        if len(self.threads) < min(self.busy, self.size):
+            thread = threading.Thread(
+                target=self._work, name=f"sprites-apply-{len(self.threads)}", daemon=True
+            )
+            thread.start()
+            self.threads.append(thread)
+        self.tasks.put(task)
+
+    def finished(self) -> list[tuple[_Task, CallResult | BaseException]]:
+        """Wait for at least one call to end; every result that is in."""
+        done = [self.results.get()]
+        while True:
+            try:
+                done.append(self.results.get_nowait())
+            except queue.Empty:
+                break
+        self.busy -= len(done)
+        return done
+
+    def _work(self) -> None:
+        while (task := self.tasks.get()) is not None:
+            try:
+                result: CallResult | BaseException = self.call(task)
+            except BaseException as exc:  # noqa: BLE001  (handed to the scheduler)
+                result = exc
+            self.results.put((task, result))
+
+
 def start_request(name: str, spec: dict[str, Any]) -> StartRequest:
     options = {k: v for k, v in spec.items() if k not in ("memory", "cpus", "command", "env")}
     return StartRequest(
@@ -163,14 +223,11 @@ class Executor:
         ready = [_Task(c) for c in plan.changes if c.action.steps[0] == "kill"]
         ready += [_Task(c) for c in plan.changes if c.action.steps[0] != "kill"]
         started_ok: list[str] = []
-        inflight: dict[Future[CallResult], _Task] = {}
         settled = False  # records settled in memory since the last save
         finished: list[tuple[_Task, StepOutcome]] = []  # not yet told to the hooks
-        with ThreadPoolExecutor(
-            max_workers=self.parallelism, thread_name_prefix="sprites-apply"
-        ) as pool:
-            while ready or inflight:
-                batch = self._admit(ready, ledger, len(inflight))
+        with _Workers(self.parallelism, self._call) as pool:
+            while ready or pool.busy:
+                batch = self._admit(ready, ledger, pool.busy)
                 for task in batch:
                     self._write_intent(task)
                 if batch or settled:
@@ -180,7 +237,7 @@ class Executor:
                     settled = False
                 for task in batch:
                     task.started = time.monotonic()
-                    inflight[pool.submit(self._call, task)] = task
+                    pool.submit(task)
                 # The hooks (output, the event log) hear of the steps that
                 # ended once the calls they made room for are on their way:
                 # telling them is not what the next start waits for. They
@@ -193,13 +250,11 @@ class Executor:
                 finished.clear()
                 for task in batch:
                     self._notify("pre_step", task.change, task.step)
-                if not inflight:
+                if not pool.busy:
                     self._starve(ready, result)
                     break
-                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-                for future in done:
-                    task = inflight.pop(future)
-                    outcome = self._settle(task, future, ledger)
+                for task, call in pool.finished():
+                    outcome = self._settle(task, call, ledger)
                     result.outcomes.append(outcome)
                     finished.append((task, outcome))
                     if outcome.error is not None:
@@ -302,16 +357,18 @@ class Executor:
                 return CallResult(stdout=f"sprite '{name}' was already gone\n")
         return self.driver.start(start_request(name, dict(task.change.after or {})))
 
-    def _settle(self, task: _Task, future: Future[CallResult], ledger: _Ledger) -> StepOutcome:
+    def _settle(
+        self, task: _Task, call: CallResult | BaseException, ledger: _Ledger
+    ) -> StepOutcome:
         name = task.change.address
         elapsed = time.monotonic() - task.started
-        try:
-            call = future.result()
-        except ReconcilerError as exc:
-            return self._failed(task, exc, elapsed, ledger)
-        except Exception as exc:  # a driver bug must not lose the journal
-            error = ReconcilerError(f"Failed to {task.step} Sprite: {type(exc).__name__}: {exc}")
+        if isinstance(call, ReconcilerError):
+            return self._failed(task, call, elapsed, ledger)
+        if isinstance(call, Exception):  # a driver bug must not lose the journal
+            error = ReconcilerError(f"Failed to {task.step} Sprite: {type(call).__name__}: {call}")
             return self._failed(task, error, elapsed, ledger)
+        if isinstance(call, BaseException):
+            raise call
         if task.step == "kill":
             record = self.state.records.pop(name, None)
             if name in ledger.running:
