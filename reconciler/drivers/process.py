@@ -67,19 +67,25 @@ def run(
     op: str,
     stdin_open: bool = True,
     cwd: str | os.PathLike[str] | None = None,
+    read_only: bool = False,
 ) -> Completed:
     """Run ``argv`` to completion (in ``cwd`` when given) and capture its output.
 
     Raises :class:`RuntimeTimeoutError` when it runs past ``timeout`` seconds
     (the process group is killed and reaped first) and
-    :class:`RuntimeCallError` when it cannot be started at all.
+    :class:`RuntimeCallError` when it cannot be started at all. A
+    ``read_only`` call (a listing) changes nothing, so it may outlive a
+    sprites process killed outright, and skips the arrangement that
+    prevents that.
     """
     args = _checked(argv)
     shown = shlex.join(args)
-    launcher = _launcher()
+    launcher = () if read_only else _launcher()
     while True:
         started = time.monotonic()
-        returncode, stdout, stderr = _run(args, shown, launcher, timeout, op, stdin_open, cwd)
+        returncode, stdout, stderr = _run(
+            args, shown, launcher, timeout, op, stdin_open, cwd, read_only
+        )
         if launcher and returncode != 0 and stderr.startswith(_LAUNCHER_SAYS):
             # The launcher failed before it ran the command (an old setpriv,
             # or a program that cannot be executed): the command never ran,
@@ -111,6 +117,7 @@ def _run(
     op: str,
     stdin_open: bool,
     cwd: str | os.PathLike[str] | None,
+    read_only: bool,
 ) -> tuple[int, bytes, bytes]:
     started = time.monotonic()
     try:
@@ -122,7 +129,7 @@ def _run(
             start_new_session=True,
             close_fds=True,
             cwd=cwd,
-            preexec_fn=None if launcher else _die_with_parent(),
+            preexec_fn=None if launcher or read_only else _die_with_parent(),
         )
     except OSError as exc:
         _debug("%s -> could not run: %s", shown, exc)

@@ -233,10 +233,19 @@ class WispDriver:
         return None
 
     def _call(self, op: str, args: Sequence[str]) -> process.Completed:
-        completed = process.run([self.executable, *args], timeout=self.timeout, op=op)
+        completed = process.run(
+            [self.executable, *args],
+            timeout=self.timeout,
+            op=op,
+            read_only=op in _READ_ONLY,
+        )
         if completed.returncode != 0:
             raise _call_error(op, completed)
         return completed
+
+
+#: Calls that change nothing: they need not die with a sprites process killed outright.
+_READ_ONLY = frozenset({"version", "list", "logs"})
 
 
 class _Seen:

@@ -265,3 +265,8 @@ def test_a_command_failing_on_its_own_is_not_retried(tmp_path: Path) -> None:
     completed = process.run([*PY, code], timeout=10, op="x")
     assert (completed.returncode, completed.stderr) == (1, "no")
     assert counter.read_text() == "x"
+
+
+def test_a_read_only_call_is_not_set_to_die_with_its_parent(mechanism: str) -> None:
+    completed = process.run([*PY, PDEATHSIG_PROBE], timeout=10, op="list", read_only=True)
+    assert completed.stdout.strip() == "0"
