@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 #: Inputs up to this size use CPython's built-in implementation.
-SMALL = 64 << 10
+SMALL = 16 << 10
 
 
 def _find_builtin() -> Callable[[bytes], Any] | None:
