@@ -79,6 +79,9 @@ def test_plan_and_apply_of_a_sound_manifest_build_no_pydantic_model(sprites: Spr
         modules = imported(sprites, *command)
         assert {"yaml", "reconciler.planner", "reconciler.models.desired"} <= modules, command
         assert sorted(m for m in modules if m.partition(".")[0] == "pydantic") == [], command
+        # Nor what it needs no part of: a debug logger, futures, OpenSSL, sockets.
+        unused = ("logging", "concurrent.futures", "_hashlib", "socket", "deepdiff")
+        assert sorted(m for m in unused if m in modules) == [], command
 
 
 def test_a_manifest_with_a_problem_is_explained_by_the_models(sprites: Sprites) -> None:
