@@ -3,10 +3,12 @@ start takes 100 ms, next to the ideal measured in the same run.
 
 The ideal is the same 50 runtime calls (``start <name> --memory 512MiB --cpus
 1``) made directly from Python, N at a time, plus the CLI's cold start
-(``sprites --help``). The apply's extra is everything else: importing and
-building the manifest's models, reading the manifest, the project lock, the
-runtime's ``list --json`` before planning and after starting (to verify),
-the journal written before and after the calls, and spawning each call.
+(``sprites --help``). The apply's extra is everything else: importing the
+engine, reading and validating the manifest, the project and host locks,
+the runtime's ``list --json`` before planning and after starting (to
+verify), the journal written before the calls and after them, the event
+log, and starting each call so that it dies with the apply (through
+``setpriv --pdeathsig``).
 
 The runtime is a stand-in wisp, a shell script whose start sleeps 100 ms and
 whose other calls cost next to nothing; or with ``--runtime fake`` the test

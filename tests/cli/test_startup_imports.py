@@ -30,8 +30,9 @@ UNUSED = (
 )
 
 PROBE = """\
-import gc, json, sys
+import atexit, gc, json, sys
 from reconciler.cli import main
+atexit.register(lambda: None)  # so main exits the usual way, and this reports
 try:
     main()
 except SystemExit as exit:
@@ -105,3 +106,50 @@ def test_short_commands_run_without_the_collector_and_watchers_with_it(sprites: 
     assert run(sprites, "plan")["collecting"] is False
     assert run(sprites, "events")["collecting"] is True
     assert run(sprites, "watch", "--once", "--interval", "1s")["collecting"] is True
+
+
+EXIT_PROBE = """\
+import atexit, sys
+from reconciler.cli import main
+handler, marker = sys.argv[1:3]
+if handler == "with-handler":
+    atexit.register(lambda: open(marker, "w").write("ran"))
+sys.argv[1:3] = []
+main()
+"""
+
+
+@pytest.mark.parametrize("handler", ["with-handler", "without"])
+def test_a_command_ends_with_its_exit_status_and_all_its_output(
+    sprites: Sprites, tmp_path: Any, handler: str
+) -> None:
+    """The entry point skips the interpreter's teardown when nothing needs
+    it; output, exit status and other programs' atexit handlers survive."""
+    sprites.use_example()
+    marker = tmp_path / "atexit"
+    common = [sys.executable, "-c", EXIT_PROBE, handler, str(marker)]
+    common += ["--state-dir", str(sprites.state_dir)]
+    schema = subprocess.run(
+        [*common, "schema"], cwd=sprites.root, capture_output=True, text=True, timeout=60
+    )
+    assert schema.returncode == 0, schema.stderr
+    assert json.loads(schema.stdout)["title"]  # the whole document arrived
+    plan = subprocess.run(
+        [*common, "plan", "--detailed-exitcode"],
+        cwd=sprites.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert plan.returncode == 2, plan.stderr
+    assert plan.stdout.rstrip().splitlines()[-1].startswith("Plan:"), plan.stdout
+    failed = subprocess.run(
+        [*common, "plan", "-f", "missing.yaml"],
+        cwd=sprites.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert failed.returncode == 1
+    assert "missing.yaml" in failed.stderr
+    assert marker.exists() == (handler == "with-handler")
