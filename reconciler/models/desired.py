@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,15 +267,20 @@ def _name(value: object) -> str:
     return value
 
 
-def _size(value: object) -> int | None:
+def _parsed(value: object, parse: Callable[[object], int]) -> int | None:
+    """``None``, or a string or integer that ``parse`` reads as an integer."""
     if value is None:
         return None
     if type(value) not in (str, int):
         raise _Unsure
-    size = units.parse_size(value)
-    if type(size) is not int:
+    number = parse(value)
+    if type(number) is not int:
         raise _Unsure
-    return size
+    return number
+
+
+def _size(value: object) -> int | None:
+    return _parsed(value, units.parse_size)
 
 
 def _memory(value: object) -> int | None:
@@ -286,14 +291,7 @@ def _memory(value: object) -> int | None:
 
 
 def _cpus(value: object) -> int | None:
-    if value is None:
-        return None
-    if type(value) not in (str, int):
-        raise _Unsure
-    cpus = units.parse_cpus(value)
-    if type(cpus) is not int:
-        raise _Unsure
-    return cpus
+    return _parsed(value, units.parse_cpus)
 
 
 def _bounded(value: object, low: int, high: int | None = None) -> int | None:
