@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -551,7 +551,7 @@ class Engine:
             for note in notes:
                 on_note(note)
             if early:
-                admission.enter_context(self._host_admission(True, lock_timeout))
+                admission.enter_context(self._host_admission(lock_timeout))
             inventory = self._observe(name, operation)
             began = time.monotonic()
             try:
@@ -595,7 +595,7 @@ class Engine:
             if not starts:
                 admission.close()
             elif not early:
-                admission.enter_context(self._host_admission(True, lock_timeout))
+                admission.enter_context(self._host_admission(lock_timeout))
                 inventory = self._recheck_host(
                     plan,
                     loaded,
@@ -631,12 +631,10 @@ class Engine:
                     )
         return ApplyOutcome(plan, result, notes)
 
-    def _host_admission(self, starts: bool, lock_timeout: float) -> AbstractContextManager[None]:
+    def _host_admission(self, lock_timeout: float) -> AbstractContextManager[None]:
         """maxVMs is host-wide: while an apply starts sprites it holds the host's
         admission lock, so two projects (or an apply and ``sprites start``)
         cannot both fill the last place. Kill-only applies need no lock."""
-        if not starts:
-            return nullcontext()
         return self.store.host_lock(timeout=max(lock_timeout, self.config.agent.timeout))
 
     def _recheck_host(
