@@ -52,20 +52,18 @@ _built_helper: list[Path] = []
 def _sprites_wisp(directory: Path) -> WispHarness:
     """The built-in runtime's wisp-compatible command on a private state dir,
     with the helper built once per session and linked in."""
-    import os
     import shutil
 
-    from reconciler.drivers.builtin import helper, records
-    from tests.drivers.builtin.conftest import RUNTIME_PROBLEM, cleanup_state
+    from reconciler.drivers.builtin import helper
+    from tests.drivers.builtin.conftest import RUNTIME_PROBLEM
+    from tests.helpers.builtinstate import cleanup_state, seed_helper
 
     if RUNTIME_PROBLEM:
         pytest.skip(f"built-in runtime unavailable: {RUNTIME_PROBLEM}")
     if not _built_helper:
         _built_helper.append(helper.ensure(directory.parent / "helper-cache"))
     state = directory / "state"
-    target = helper.helper_path(state)
-    records.make_private_dir(target.parent)
-    os.link(_built_helper[0], target)
+    seed_helper(state, _built_helper[0])
     command = shutil.which("sprites-wisp")
     if command is None:
         pytest.skip("sprites-wisp is not installed (pip install -e .)")

@@ -14,8 +14,6 @@ import json
 import os
 import pathlib
 import secrets
-import shutil
-import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,10 +22,10 @@ from typing import Any
 import pytest
 
 from reconciler.drivers import base
-from reconciler.drivers.builtin import cgroups, helper, make_driver, records, unavailable_reason
+from reconciler.drivers.builtin import cgroups, helper, make_driver, unavailable_reason
 from reconciler.drivers.builtin.driver import BuiltinDriver
 from reconciler.engine import Engine
-from tests.helpers import cgroupsweep
+from tests.helpers.builtinstate import StateDirs, seed_helper
 from tests.helpers.fakewisp import FakeWisp
 
 #: Every sprite these tests start is called ``sx-...``, so the sweep finds it.
@@ -64,84 +62,22 @@ def helper_binary(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return helper.ensure(tmp_path_factory.mktemp("helper-cache"))
 
 
-def seed_helper(state_dir: pathlib.Path, built: pathlib.Path) -> None:
-    """Put the session's helper build where a driver on ``state_dir`` looks."""
-    target = helper.helper_path(state_dir)
-    records.make_private_dir(target.parent)
-    if not target.exists():
-        try:
-            os.link(built, target)
-        except OSError:
-            shutil.copy2(built, target)
-
-
-def cleanup_state(state_dir: pathlib.Path) -> None:
-    """Kill every sprite recorded under ``state_dir``, then make sure nothing
-    it held is left: processes, cgroups, sockets, records, files."""
-    _scopes.add(cgroups.scope(state_dir))
-    driver = make_driver(state_dir, timeout=10.0, grace=0.5)
-    sprites_dir = driver.layout.sprites
-    leftovers: list[tuple[list[str], list[tuple[int, int]]]] = []
-    if sprites_dir.is_dir():
-        for entry in sorted(sprites_dir.iterdir()):
-            groups: list[str] = []
-            procs: list[tuple[int, int]] = []
-            try:
-                fd = records.open_dir(entry)
-            except OSError:
-                continue
-            try:
-                limits, pids = records.read_json(fd, "limits"), records.read_kv(fd, "pids")
-            finally:
-                os.close(fd)
-            if limits:
-                groups = [str(d) for d in limits.get("dirs", [])]
-            for key in ("init", "supervisor"):
-                if pids and f"{key}_pid" in pids:
-                    procs.append((int(pids[f"{key}_pid"]), int(pids[f"{key}_start"])))
-            leftovers.append((groups, procs))
-            try:
-                driver.kill(entry.name)
-            except Exception:
-                pass
-    for groups, procs in leftovers:
-        for pid, began in procs:
-            pidfd = records.open_process(pid, began)
-            if pidfd is not None:
-                records.signal_process(pidfd, signal.SIGKILL)
-                records.wait_exit(pidfd, 2.0)
-                os.close(pidfd)
-        if groups:
-            cgroups.remove(cgroups.SpriteCgroups(1, tuple(groups), "", "", ""), timeout=5.0)
-    for directory in (driver.layout.run, driver.layout.sprites, driver.layout.files):
-        if directory.exists():
-            shutil.rmtree(directory, ignore_errors=True)
-
-
-_state_dirs: list[pathlib.Path] = []
-#: The cgroup scopes of every state dir this session used.
-_scopes: set[str] = set()
+STATES = StateDirs(PREFIX)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_safety_net() -> Iterator[None]:
     yield
-    for state_dir in list(_state_dirs):
-        cleanup_state(state_dir)
     if not RUNTIME_PROBLEM:
-        cgroupsweep.sweep(PREFIX, _scopes, timeout=5.0)
+        STATES.sweep()
 
 
 @pytest.fixture
 def state_dir(tmp_path: pathlib.Path, helper_binary: pathlib.Path) -> Iterator[pathlib.Path]:
     state = tmp_path / "state"
     seed_helper(state, helper_binary)
-    _state_dirs.append(state)
-    try:
+    with STATES.tracked(state):
         yield state
-    finally:
-        cleanup_state(state)
-        _state_dirs.remove(state)
 
 
 @pytest.fixture
@@ -298,13 +234,12 @@ def project(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[
     if request.param == "builtin":
         built = request.getfixturevalue("helper_binary")
     proj = make_project(request.param, tmp_path, built)
-    if request.param == "builtin":
-        _state_dirs.append(proj.state_dir)
     try:
-        yield proj
-    finally:
         if request.param == "builtin":
-            cleanup_state(proj.state_dir)
-            _state_dirs.remove(proj.state_dir)
+            with STATES.tracked(proj.state_dir):
+                yield proj
+        else:
+            yield proj
+    finally:
         if proj.fake is not None:
             proj.fake.kill_leftovers()

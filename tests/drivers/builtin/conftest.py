@@ -8,25 +8,24 @@ import os
 import pathlib
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
-from reconciler.drivers.builtin import cgroups, helper, make_driver, records, unavailable_reason
+from reconciler.drivers.builtin import cgroups, helper, make_driver, unavailable_reason
 from reconciler.drivers.builtin.driver import BuiltinDriver
-from tests.helpers import cgroupsweep
+from tests.helpers.builtinstate import StateDirs, cleanup_state
+from tests.helpers.builtinstate import seed_helper as _seed_helper
+
+__all__ = ["cleanup_state", "_seed_helper"]
 
 #: Every sprite made by these tests is called ``bt-...`` so the sweep can find it.
 PREFIX = "bt-"
 HERE = pathlib.Path(__file__).resolve().parent
-_state_dirs: list[pathlib.Path] = []
-#: The cgroup scopes of every state dir this session used.
-_scopes: set[str] = set()
+STATES = StateDirs(PREFIX)
 
 
 def _runtime_problem() -> str | None:
@@ -64,72 +63,11 @@ def helper_binary(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return helper.ensure(tmp_path_factory.mktemp("helper-cache"))
 
 
-def _seed_helper(state_dir: pathlib.Path, built: pathlib.Path) -> None:
-    target = helper.helper_path(state_dir)
-    records.make_private_dir(target.parent)
-    if not target.exists():
-        try:
-            os.link(built, target)
-        except OSError:
-            shutil.copy2(built, target)
-
-
-def _read_leftover(entry: pathlib.Path) -> tuple[dict[str, Any] | None, dict[str, str] | None]:
-    try:
-        fd = records.open_dir(entry)
-    except OSError:
-        return None, None
-    try:
-        return records.read_json(fd, "limits"), records.read_kv(fd, "pids")
-    finally:
-        os.close(fd)
-
-
-def cleanup_state(state_dir: pathlib.Path) -> None:
-    """Kill every sprite recorded under ``state_dir`` and remove what it held."""
-    _scopes.add(cgroups.scope(state_dir))
-    driver = make_driver(state_dir, timeout=10.0, grace=0.5)
-    sprites_dir = driver.layout.sprites
-    leftovers: list[tuple[list[str], list[tuple[int, int]]]] = []
-    if sprites_dir.is_dir():
-        for entry in sorted(sprites_dir.iterdir()):
-            groups: list[str] = []
-            procs: list[tuple[int, int]] = []
-            limits, pids = _read_leftover(entry)
-            if limits:
-                groups = [str(d) for d in limits.get("dirs", [])]
-            for key in ("init", "supervisor"):
-                if pids and f"{key}_pid" in pids:
-                    procs.append((int(pids[f"{key}_pid"]), int(pids[f"{key}_start"])))
-            leftovers.append((groups, procs))
-            try:
-                driver.kill(entry.name)
-            except Exception:
-                pass
-    for groups, procs in leftovers:
-        for pid, start in procs:
-            fd = records.open_process(pid, start)
-            if fd is not None:
-                records.signal_process(fd, signal.SIGKILL)
-                records.wait_exit(fd, 2.0)
-                os.close(fd)
-        if groups:
-            cgroups.remove(cgroups.SpriteCgroups(1, tuple(groups), "", "", ""), timeout=2.0)
-    run_dir = driver.layout.run
-    if run_dir.is_dir():
-        for sock in run_dir.iterdir():
-            sock.unlink(missing_ok=True)
-    if sprites_dir.is_dir():
-        shutil.rmtree(sprites_dir, ignore_errors=True)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _session_safety_net() -> Iterator[None]:
     yield
-    for state_dir in list(_state_dirs):
-        cleanup_state(state_dir)
     if not RUNTIME_PROBLEM:
-        cgroupsweep.sweep(PREFIX, _scopes, timeout=2.0)
+        STATES.sweep()
 
 
 @pytest.fixture
@@ -137,12 +75,8 @@ def state_dir(tmp_path: pathlib.Path, helper_binary: pathlib.Path) -> Iterator[p
     """A fresh state dir with the helper in place; cleaned after the test."""
     state = tmp_path / "state"
     _seed_helper(state, helper_binary)
-    _state_dirs.append(state)
-    try:
+    with STATES.tracked(state):
         yield state
-    finally:
-        cleanup_state(state)
-        _state_dirs.remove(state)
 
 
 @pytest.fixture
