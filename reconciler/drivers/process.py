@@ -86,7 +86,7 @@ def run(
         returncode, stdout, stderr = _run(
             args, shown, launcher, timeout, op, stdin_open, cwd, read_only
         )
-        if launcher and returncode != 0 and stderr.startswith(_LAUNCHER_SAYS):
+        if launcher and returncode != 0 and not stdout and _launcher_failed(stderr):
             # The launcher failed before it ran the command (an old setpriv,
             # or a program that cannot be executed): the command never ran,
             # so run it directly, where a launch failure has its own error.
@@ -189,8 +189,12 @@ _PR_SET_PDEATHSIG = 1
 _prctl: Callable[..., int] | None = None
 _prctl_resolved = False
 
-#: What a launcher's own errors start with (it prints nothing else).
-_LAUNCHER_SAYS = b"setpriv: "
+#: setpriv's own complaints before it execs: the command did not run.
+_LAUNCHER_FAILURE = (
+    rb"setpriv: (unrecognized option|invalid option|unknown signal"
+    rb"|set parent death signal failed|failed to execute)[^\n]*\n"
+    rb"(Try 'setpriv --help' for more information\.\n)?"
+)
 _SETPRIV = ("/usr/bin/setpriv", "/bin/setpriv")
 _launcher_argv: tuple[str, ...] | None = None
 
@@ -218,6 +222,19 @@ def _launcher() -> tuple[str, ...]:
                     _launcher_argv = (path, "--pdeathsig", "KILL", "--")
                     break
     return _launcher_argv
+
+
+def _launcher_failed(stderr: bytes) -> bool:
+    """Whether ``stderr`` is all setpriv's, and says it ran nothing (with
+    nothing on stdout, checked by the caller). Anything else, a program that
+    prints "setpriv:" itself included, is the command's own outcome and is
+    never run a second time; only a command that fails with exactly one of
+    setpriv's refusals and prints nothing else cannot be told from it."""
+    if not stderr.startswith(b"setpriv: "):
+        return False
+    import re
+
+    return re.fullmatch(_LAUNCHER_FAILURE, stderr) is not None
 
 
 def _disable_launcher() -> None:

@@ -270,3 +270,26 @@ def test_a_command_failing_on_its_own_is_not_retried(tmp_path: Path) -> None:
 def test_a_read_only_call_is_not_set_to_die_with_its_parent(mechanism: str) -> None:
     completed = process.run([*PY, PDEATHSIG_PROBE], timeout=10, op="list", read_only=True)
     assert completed.stdout.strip() == "0"
+
+
+@pytest.mark.parametrize(
+    ("out", "err"),
+    [
+        ("", "setpriv: cannot drop privileges: Operation not permitted\n"),
+        ("started\n", "setpriv: unrecognized option '--frobnicate'\n"),
+    ],
+    ids=["its-own-setpriv-error", "output-first"],
+)
+def test_a_command_that_itself_says_setpriv_is_not_run_again(
+    tmp_path: Path, mechanism: str, out: str, err: str
+) -> None:
+    """Only setpriv's own refusals before it execs, with nothing on stdout,
+    count as the launcher failing; anything else is the command's outcome."""
+    counter = tmp_path / "runs"
+    code = (
+        f"import sys; open({str(counter)!r}, 'a').write('x'); "
+        f"sys.stdout.write({out!r}); sys.stderr.write({err!r}); sys.exit(1)"
+    )
+    completed = process.run([*PY, code], timeout=10, op="start")
+    assert completed.returncode == 1
+    assert counter.read_text() == "x"
