@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import selectors
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def run(
     """
     args = _checked(argv)
     shown = shlex.join(args)
-    launcher = () if read_only else _launcher()
+    launcher = () if read_only or not _has_own_interpreter(args[0]) else _launcher()
     while True:
         started = time.monotonic()
         returncode, stdout, stderr = _run(
@@ -222,6 +223,30 @@ def _launcher() -> tuple[str, ...]:
                     _launcher_argv = (path, "--pdeathsig", "KILL", "--")
                     break
     return _launcher_argv
+
+
+_interpreted: dict[tuple[str, int, int, int], bool] = {}
+
+
+def _has_own_interpreter(program: str) -> bool:
+    """Whether ``program`` is an ELF binary or a ``#!`` script. setpriv
+    execs with ``execvp``, which hands any other executable file to
+    ``/bin/sh``; run directly, such a file is an "Exec format error", and
+    that is what the user gets, launcher or not."""
+    path = program if "/" in program else shutil.which(program)
+    if path is None:
+        return True  # not found: setpriv reports it, and the call reruns directly
+    try:
+        st = os.stat(path)
+        key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+        known = _interpreted.get(key)
+        if known is None:
+            with open(path, "rb") as handle:
+                head = handle.read(4)
+            known = _interpreted[key] = head == b"\x7fELF" or head[:2] == b"#!"
+        return known
+    except OSError:
+        return True
 
 
 def _launcher_failed(stderr: bytes) -> bool:
