@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import os
 import pathlib
+import secrets
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
+
+import pytest
 
 from reconciler.drivers.builtin import cgroups, helper, make_driver, records
+from reconciler.drivers.builtin.driver import BuiltinDriver
 from tests.helpers import cgroupsweep
 
 #: Seconds to wait for a sprite's cgroups to empty before removing them.
@@ -106,3 +111,61 @@ class StateDirs:
         for state_dir in list(self.live):
             self.cleanup(state_dir)
         cgroupsweep.sweep(self.prefix, self.scopes, timeout=CGROUP_TIMEOUT)
+
+
+def runtime_fixtures(states: StateDirs, problem: str | None, *, grace: float) -> tuple[Any, ...]:
+    """The fixtures a test folder of real built-in sprites needs, for its
+    conftest to bind by name::
+
+        STATES = StateDirs("bt-")
+        (helper_binary, _session_safety_net, state_dir, driver, sprite_name) = (
+            runtime_fixtures(STATES, RUNTIME_PROBLEM, grace=2.0)
+        )
+
+    ``problem`` (why the runtime cannot run here, or None) skips the tests
+    that need the helper; every sprite name starts with the prefix of
+    ``states``, whose sweep at the session's end finds what an interrupted
+    test left; ``grace`` is the driver's SIGTERM-to-SIGKILL wait.
+    """
+    prefix = states.prefix
+
+    @pytest.fixture(scope="session")
+    def helper_binary(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+        """The helper built once per session; each test links it into its state dir."""
+        if problem:
+            pytest.skip(f"built-in runtime unavailable: {problem}")
+        return helper.ensure(tmp_path_factory.mktemp("helper-cache"))
+
+    @pytest.fixture(scope="session", autouse=True)
+    def _session_safety_net() -> Iterator[None]:
+        yield
+        if not problem:
+            states.sweep()
+
+    @pytest.fixture
+    def state_dir(tmp_path: pathlib.Path, helper_binary: pathlib.Path) -> Iterator[pathlib.Path]:
+        """A fresh state dir with the helper in place; cleaned after the test."""
+        state = tmp_path / "state"
+        seed_helper(state, helper_binary)
+        with states.tracked(state):
+            yield state
+
+    @pytest.fixture
+    def driver(state_dir: pathlib.Path) -> Iterator[BuiltinDriver]:
+        drv = make_driver(state_dir, timeout=30.0, grace=grace)
+        try:
+            yield drv
+        finally:
+            drv.close()
+
+    @pytest.fixture
+    def sprite_name() -> Callable[[str], str]:
+        """Unique sprite names, so parallel or repeated runs never collide."""
+        run = secrets.token_hex(3)
+
+        def make(label: str = "s") -> str:
+            return f"{prefix}{run}-{label}"[:63]
+
+        return make
+
+    return helper_binary, _session_safety_net, state_dir, driver, sprite_name

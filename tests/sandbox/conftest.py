@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from reconciler.drivers import base
-from reconciler.drivers.builtin import cgroups, helper, make_driver, unavailable_reason
+from reconciler.drivers.builtin import cgroups, unavailable_reason
 from reconciler.drivers.builtin.driver import BuiltinDriver
 from reconciler.engine import Engine
-from tests.helpers.builtinstate import StateDirs, seed_helper
+from tests.helpers.builtinstate import StateDirs, runtime_fixtures, seed_helper
 from tests.helpers.fakewisp import FakeWisp
 
 #: Every sprite these tests start is called ``sx-...``, so the sweep finds it.
@@ -55,51 +55,11 @@ needs_runtime = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="session")
-def helper_binary(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    if RUNTIME_PROBLEM:
-        pytest.skip(f"built-in runtime unavailable: {RUNTIME_PROBLEM}")
-    return helper.ensure(tmp_path_factory.mktemp("helper-cache"))
-
-
 STATES = StateDirs(PREFIX)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _session_safety_net() -> Iterator[None]:
-    yield
-    if not RUNTIME_PROBLEM:
-        STATES.sweep()
-
-
-@pytest.fixture
-def state_dir(tmp_path: pathlib.Path, helper_binary: pathlib.Path) -> Iterator[pathlib.Path]:
-    state = tmp_path / "state"
-    seed_helper(state, helper_binary)
-    with STATES.tracked(state):
-        yield state
-
-
-@pytest.fixture
-def driver(state_dir: pathlib.Path) -> Iterator[BuiltinDriver]:
-    drv = make_driver(state_dir, timeout=30.0, grace=1.0)
-    try:
-        yield drv
-    finally:
-        drv.close()
-
-
+(helper_binary, _session_safety_net, state_dir, driver, sprite_name) = runtime_fixtures(
+    STATES, RUNTIME_PROBLEM, grace=1.0
+)
 Names = Callable[[str], str]
-
-
-@pytest.fixture
-def sprite_name() -> Names:
-    run = secrets.token_hex(3)
-
-    def make(label: str = "s") -> str:
-        return f"{PREFIX}{run}-{label}"[:63]
-
-    return make
 
 
 def start(

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import os
 import pathlib
-import secrets
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from reconciler.drivers.builtin import cgroups, helper, make_driver, unavailable_reason
-from reconciler.drivers.builtin.driver import BuiltinDriver
-from tests.helpers.builtinstate import StateDirs, cleanup_state
+from reconciler.drivers.builtin import cgroups, unavailable_reason
+from tests.helpers.builtinstate import StateDirs, cleanup_state, runtime_fixtures
 from tests.helpers.builtinstate import seed_helper as _seed_helper
 
 __all__ = ["cleanup_state", "_seed_helper"]
@@ -25,7 +23,6 @@ __all__ = ["cleanup_state", "_seed_helper"]
 #: Every sprite made by these tests is called ``bt-...`` so the sweep can find it.
 PREFIX = "bt-"
 HERE = pathlib.Path(__file__).resolve().parent
-STATES = StateDirs(PREFIX)
 
 
 def _runtime_problem() -> str | None:
@@ -55,48 +52,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             )
 
 
-@pytest.fixture(scope="session")
-def helper_binary(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """The helper built once per session; each test links it into its state dir."""
-    if RUNTIME_PROBLEM:
-        pytest.skip(f"built-in runtime unavailable: {RUNTIME_PROBLEM}")
-    return helper.ensure(tmp_path_factory.mktemp("helper-cache"))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _session_safety_net() -> Iterator[None]:
-    yield
-    if not RUNTIME_PROBLEM:
-        STATES.sweep()
-
-
-@pytest.fixture
-def state_dir(tmp_path: pathlib.Path, helper_binary: pathlib.Path) -> Iterator[pathlib.Path]:
-    """A fresh state dir with the helper in place; cleaned after the test."""
-    state = tmp_path / "state"
-    _seed_helper(state, helper_binary)
-    with STATES.tracked(state):
-        yield state
-
-
-@pytest.fixture
-def driver(state_dir: pathlib.Path) -> Iterator[BuiltinDriver]:
-    drv = make_driver(state_dir, timeout=30.0, grace=2.0)
-    try:
-        yield drv
-    finally:
-        drv.close()
-
-
-@pytest.fixture
-def sprite_name() -> Callable[[str], str]:
-    """Unique sprite names, so parallel or repeated runs never collide."""
-    run = secrets.token_hex(3)
-
-    def make(label: str = "s") -> str:
-        return f"{PREFIX}{run}-{label}"[:63]
-
-    return make
+STATES = StateDirs(PREFIX)
+(helper_binary, _session_safety_net, state_dir, driver, sprite_name) = runtime_fixtures(
+    STATES, RUNTIME_PROBLEM, grace=2.0
+)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
