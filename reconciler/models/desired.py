@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,6 +203,42 @@ def desired_sprites(
     return result
 
 
+# -- rules both validators apply ------------------------------------------------
+# Each takes a value of the right type and says what is wrong with it, or None.
+
+
+def absolute_path_problem(path: str) -> str | None:
+    if not path.startswith("/"):
+        return f"expected an absolute path, got {path!r}"
+    if "\x00" in path:
+        return "a path may not contain NUL bytes"
+    return None
+
+
+def command_problem(command: Sequence[str]) -> str | None:
+    if any("\x00" in arg for arg in command):
+        return "command arguments may not contain NUL bytes"
+    if command and not command[0]:
+        return "the command's program (first item) may not be empty"
+    return None
+
+
+def env_problem(env: Mapping[str, str]) -> str | None:
+    for key, value in env.items():
+        if not ENV_KEY_RE.fullmatch(key):
+            return f"invalid environment variable name {key!r}"
+        if "\x00" in value:
+            return f"environment variable {key} contains a NUL byte"
+    return None
+
+
+def mount_targets_problem(targets: Sequence[str]) -> str | None:
+    for target in targets:
+        if targets.count(target) > 1:
+            return f"mount target {target} is given more than once"
+    return None
+
+
 # -- the quick validator ---------------------------------------------------------
 
 
@@ -315,7 +351,7 @@ def _absolute(value: object) -> str | None:
     if value is None:
         return None
     path: str = _exact(value, str)
-    if not path.startswith("/") or "\x00" in path:
+    if absolute_path_problem(path) is not None:
         raise _Unsure
     return path
 
@@ -385,7 +421,7 @@ def _command(value: object) -> tuple[str, ...] | None:
     if value is None:
         return None
     items: list[Any] = _exact(value, list)
-    if not items or any(type(arg) is not str or "\x00" in arg for arg in items) or not items[0]:
+    if not items or any(type(arg) is not str for arg in items) or command_problem(items):
         raise _Unsure
     return tuple(items)
 
@@ -394,11 +430,10 @@ def _env(value: object) -> tuple[tuple[str, str], ...] | None:
     if value is None:
         return None
     env: dict[Any, Any] = _exact(value, dict)
-    for key, item in env.items():
-        if type(key) is not str or not ENV_KEY_RE.fullmatch(key):
-            raise _Unsure
-        if type(item) is not str or "\x00" in item:
-            raise _Unsure
+    if any(type(key) is not str or type(item) is not str for key, item in env.items()):
+        raise _Unsure
+    if env_problem(env) is not None:
+        raise _Unsure
     return tuple(sorted(env.items()))
 
 
@@ -445,7 +480,6 @@ def _mounts(value: object) -> tuple[MountSpec, ...] | None:
         if source is None or sandbox.target_problem(target) is not None:
             raise _Unsure
         mounts.append(MountSpec(source, target, _exact(mount.get("readOnly", True), bool)))
-    targets = [mount.target for mount in mounts]
-    if len(set(targets)) != len(targets):
+    if mount_targets_problem([mount.target for mount in mounts]) is not None:
         raise _Unsure
     return tuple(mounts)

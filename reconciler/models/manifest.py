@@ -30,13 +30,16 @@ from pydantic import (
 
 from reconciler.models import sandbox, units
 from reconciler.models.desired import (
-    ENV_KEY_RE,
     MAX_REPLICAS,
     MIN_MEMORY,
     LimitsSpec,
     ManifestSpec,
     MountSpec,
     TemplateSpec,
+    absolute_path_problem,
+    command_problem,
+    env_problem,
+    mount_targets_problem,
 )
 
 
@@ -123,10 +126,9 @@ Ttl = Annotated[
 
 
 def _absolute_path(value: str) -> str:
-    if not value.startswith("/"):
-        raise ValueError(f"expected an absolute path, got {value!r}")
-    if "\x00" in value:
-        raise ValueError("a path may not contain NUL bytes")
+    problem = absolute_path_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -152,14 +154,6 @@ def _mount_target(value: str) -> str:
     problem = sandbox.target_problem(value)
     if problem:
         raise ValueError(problem)
-    return value
-
-
-def _host_path(value: str) -> str:
-    if not value.startswith("/"):
-        raise ValueError(f"expected an absolute path, got {value!r}")
-    if "\x00" in value:
-        raise ValueError("a path may not contain NUL bytes")
     return value
 
 
@@ -190,7 +184,7 @@ SpriteUser = Annotated[
 class Mount(_Strict):
     """A host path bound into the sprite."""
 
-    source: Annotated[StrictStr, AfterValidator(_host_path)] = Field(
+    source: Annotated[StrictStr, AfterValidator(_absolute_path)] = Field(
         description=(
             "The host path (absolute). It must exist when the sprite starts; symlinks in it "
             "are resolved then, and the resolved path is what is mounted."
@@ -306,10 +300,9 @@ class SpriteTemplate(_Strict):
     @field_validator("mounts")
     @classmethod
     def _distinct_targets(cls, mounts: list[Mount] | None) -> list[Mount] | None:
-        targets = [mount.target for mount in mounts or ()]
-        for target in targets:
-            if targets.count(target) > 1:
-                raise ValueError(f"mount target {target} is given more than once")
+        problem = mount_targets_problem([mount.target for mount in mounts or ()])
+        if problem:
+            raise ValueError(problem)
         return mounts
 
     def spec(self) -> TemplateSpec:
@@ -342,21 +335,17 @@ class SpriteTemplate(_Strict):
     @field_validator("env")
     @classmethod
     def _env_keys(cls, env: dict[str, str] | None) -> dict[str, str] | None:
-        for key, value in (env or {}).items():
-            if not ENV_KEY_RE.fullmatch(key):
-                raise ValueError(f"invalid environment variable name {key!r}")
-            if "\x00" in value:
-                raise ValueError(f"environment variable {key} contains a NUL byte")
+        problem = env_problem(env or {})
+        if problem:
+            raise ValueError(problem)
         return env
 
     @field_validator("command")
     @classmethod
     def _command(cls, command: list[str] | None) -> list[str] | None:
-        for arg in command or ():
-            if "\x00" in arg:
-                raise ValueError("command arguments may not contain NUL bytes")
-        if command is not None and not command[0]:
-            raise ValueError("the command's program (first item) may not be empty")
+        problem = command_problem(command or ())
+        if problem:
+            raise ValueError(problem)
         return command
 
 
