@@ -16,13 +16,13 @@ running at any moment never exceed the budget.
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.debuglog import debug
 from reconciler.drivers.base import CallResult, Driver, StartRequest
 from reconciler.errors import ReconcilerError, SpriteNotFoundError
 from reconciler.models.desired import Budget
@@ -281,11 +281,13 @@ class Executor:
             try:
                 getattr(hook, method)(*args)
             except Exception:  # noqa: BLE001
-                logging = sys.modules.get("logging")  # only --verbose imports it
-                if logging is not None:
-                    logging.getLogger("sprites.executor").debug(
-                        "apply hook %s.%s failed", type(hook).__name__, method, exc_info=True
-                    )
+                debug(
+                    "sprites.executor",
+                    "apply hook %s.%s failed",
+                    type(hook).__name__,
+                    method,
+                    exc_info=True,
+                )
 
     def _bookkeeping(self, plan: Plan, inventory: Inventory) -> None:
         """Persist recovered records, forget vanished ones, take adopted ones."""

@@ -28,18 +28,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
+from reconciler.debuglog import debug
 from reconciler.errors import RuntimeCallError, RuntimeTimeoutError
 
 LOGGER = "sprites.runtime"
-
-
-def _debug(message: str, *args: object) -> None:
-    """Log at DEBUG on :data:`LOGGER`. Only a program that imported logging
-    can have asked for these records, so a command that did not (``sprites
-    list``) spends no start-up time importing it."""
-    logging = sys.modules.get("logging")
-    if logging is not None:
-        logging.getLogger(LOGGER).debug(message, *args)
 
 
 #: Seconds between SIGTERM and SIGKILL for a call that ran past its timeout.
@@ -81,7 +73,9 @@ def run(
     """
     args = _checked(argv)
     shown = shlex.join(args)
-    launcher = () if read_only or not _has_own_interpreter(args[0]) else _launcher()
+    launcher = () if read_only else _launcher()
+    if launcher and not _has_own_interpreter(args[0]):
+        launcher = ()
     while True:
         started = time.monotonic()
         returncode, stdout, stderr = _run(
@@ -98,10 +92,10 @@ def run(
         break
 
     duration = time.monotonic() - started
-    _debug("%s -> exit %d in %.3fs", shown, returncode, duration)
+    debug(LOGGER, "%s -> exit %d in %.3fs", shown, returncode, duration)
     text_err = stderr.decode("utf-8", "replace")
     if returncode != 0 and text_err.strip():
-        _debug("%s stderr: %s", args[0], text_err.strip().splitlines()[-1])
+        debug(LOGGER, "%s stderr: %s", args[0], text_err.strip().splitlines()[-1])
     return Completed(
         returncode=returncode,
         stdout=stdout.decode("utf-8", "replace"),
@@ -133,7 +127,7 @@ def _run(
             preexec_fn=None if launcher or read_only else _die_with_parent(),
         )
     except OSError as exc:
-        _debug("%s -> could not run: %s", shown, exc)
+        debug(LOGGER, "%s -> could not run: %s", shown, exc)
         raise RuntimeCallError(op, _launch_reason(args[0], exc)) from exc
 
     try:
@@ -141,7 +135,7 @@ def _run(
         if not finished:
             _kill_group(proc)
             duration = time.monotonic() - started
-            _debug("%s -> timed out after %.3fs, killed", shown, duration)
+            debug(LOGGER, "%s -> timed out after %.3fs, killed", shown, duration)
             raise RuntimeTimeoutError(op, timeout)
         returncode = proc.wait()
     except BaseException:
@@ -172,7 +166,7 @@ def run_interactive(argv: Sequence[str], *, op: str = "attach") -> int:
         try:
             proc = subprocess.Popen(args, close_fds=True)
         except OSError as exc:
-            _debug("%s -> could not run: %s", shown, exc)
+            debug(LOGGER, "%s -> could not run: %s", shown, exc)
             raise RuntimeCallError(op, _launch_reason(args[0], exc)) from exc
         try:
             returncode = proc.wait()
@@ -182,7 +176,7 @@ def run_interactive(argv: Sequence[str], *, op: str = "attach") -> int:
             raise
     finally:
         restore()
-    _debug("%s -> exit %d in %.3fs", shown, returncode, time.monotonic() - started)
+    debug(LOGGER, "%s -> exit %d in %.3fs", shown, returncode, time.monotonic() - started)
     return returncode
 
 
