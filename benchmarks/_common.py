@@ -156,3 +156,21 @@ def verdict(checks: Sequence[Check]) -> int:
     ok = all(check.ok for check in checks)
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
+
+
+def in_state_dir(given: Path | None, body: Callable[[Path], int]) -> int:
+    """``body`` on the state dir given (``--state-dir``), or on a temporary
+    one removed afterwards."""
+    if given is not None:
+        return body(given)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sprites-bench-") as tmp:
+        return body(Path(tmp))
+
+
+def print_checks(checks: Sequence[tuple[str, str, str, bool]]) -> int:
+    """One ``ok``/``MISS`` line per (label, value, target, ok); the exit status."""
+    for label, value, target, ok in checks:
+        print(f"{'ok  ' if ok else 'MISS'} {label}: {value} (target {target})")
+    return 0 if all(ok for *_, ok in checks) else 1

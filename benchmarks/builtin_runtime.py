@@ -18,8 +18,9 @@ import os
 import pathlib
 import statistics
 import sys
-import tempfile
 import time
+
+from _common import in_state_dir, print_checks
 
 from reconciler.drivers import base
 from reconciler.drivers.builtin import helper, make_driver, records, unavailable_reason
@@ -151,9 +152,7 @@ def run(count: int, burst: int, state_dir: pathlib.Path) -> int:
     )
     print(f"init + supervisor RSS per sprite: {statistics.mean(rss):.2f} MiB (not shared-adjusted)")
     print(f"killed {count} sprites with a pool of 10 in {kill_seconds:.2f} s")
-    for label, value, target, ok in checks:
-        print(f"{'ok  ' if ok else 'MISS'} {label}: {value} (target {target})")
-    return 0 if all(ok for *_, ok in checks) else 1
+    return print_checks(checks)
 
 
 def main() -> int:
@@ -168,10 +167,7 @@ def main() -> int:
         return 2
     count = args.count or (5 if args.quick else 50)
     burst = 10 if args.quick else 100
-    if args.state_dir:
-        return run(count, burst, args.state_dir)
-    with tempfile.TemporaryDirectory(prefix="sprites-bench-") as tmp:
-        return run(count, burst, pathlib.Path(tmp))
+    return in_state_dir(args.state_dir, lambda state: run(count, burst, state))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
+
+from _common import in_state_dir, print_checks
 
 import reconciler
 from reconciler.drivers import base
@@ -132,9 +133,7 @@ def run(count: int, cli_count: int, state_dir: pathlib.Path) -> int:
         f"`sprites exec` p50 {exec_p50:.1f} ms (p95 {percentile(execs, 0.95):.1f})"
     )
     print(f"reference: docker exec typically takes {DOCKER_EXEC_MS} ms (not measured here)")
-    for label, value, target, ok in checks:
-        print(f"{'ok  ' if ok else 'MISS'} {label}: {value} (target {target})")
-    return 0 if all(ok for *_, ok in checks) else 1
+    return print_checks(checks)
 
 
 def main() -> int:
@@ -149,10 +148,7 @@ def main() -> int:
         return 2
     count = args.count or (20 if args.quick else 200)
     cli_count = 7 if args.quick else 30
-    if args.state_dir:
-        return run(count, cli_count, args.state_dir)
-    with tempfile.TemporaryDirectory(prefix="sprites-bench-") as tmp:
-        return run(count, cli_count, pathlib.Path(tmp))
+    return in_state_dir(args.state_dir, lambda state: run(count, cli_count, state))
 
 
 if __name__ == "__main__":
