@@ -209,14 +209,19 @@ def _launcher() -> tuple[str, ...]:
     under a millisecond) uncovered.
     """
     global _launcher_argv
-    if _launcher_argv is None:
-        _launcher_argv = ()
+    found = _launcher_argv
+    if found is None:
+        # Worked out in a local and published in one assignment: the first
+        # calls of an apply come from several threads at once, and none may
+        # see a half-made answer.
+        found = ()
         if sys.platform.startswith("linux") and not os.environ.get("SPRITES_NO_SETPRIV"):
             for path in _SETPRIV:
                 if os.access(path, os.X_OK):
-                    _launcher_argv = (path, "--pdeathsig", "KILL", "--")
+                    found = (path, "--pdeathsig", "KILL", "--")
                     break
-    return _launcher_argv
+        _launcher_argv = found
+    return found
 
 
 _interpreted: dict[tuple[str, int, int, int], bool] = {}
@@ -276,13 +281,13 @@ def _die_with_parent() -> Callable[[], None] | None:
     if not sys.platform.startswith("linux"):
         return None
     if not _prctl_resolved:
-        _prctl_resolved = True
         try:
             import ctypes
 
             _prctl = ctypes.CDLL(None, use_errno=True).prctl
         except (OSError, AttributeError):
             _prctl = None
+        _prctl_resolved = True  # only once _prctl holds the answer
     prctl = _prctl
     if prctl is None:
         return None

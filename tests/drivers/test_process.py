@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -316,3 +318,57 @@ def test_an_executable_without_an_interpreter_line_is_never_run_by_a_shell(
     with pytest.raises(RuntimeCallError, match=r"cannot run '.*wisp': Exec format error"):
         process.run([str(script), "start"], timeout=10, op="start")
     assert not marker.exists()
+
+
+def _first_calls_at_once(
+    monkeypatch: pytest.MonkeyPatch, owner: Any, slow: str, work: Callable[[], object]
+) -> list[object]:
+    """Run ``work`` in eight threads at once while ``owner.slow`` takes a
+    while, so that every thread asks while the first is still working the
+    answer out."""
+    real = getattr(owner, slow)
+
+    def sluggish(*args: object, **kwargs: object) -> object:
+        time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, slow, sluggish)
+    barrier = threading.Barrier(8)
+    answers: list[object] = []
+
+    def ask() -> None:
+        barrier.wait()
+        answers.append(work())
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    monkeypatch.setattr(owner, slow, real)
+    return answers
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="setpriv is util-linux's")
+def test_the_launcher_is_the_same_for_the_first_calls_of_many_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SPRITES_NO_SETPRIV", raising=False)
+    monkeypatch.setattr(process, "_launcher_argv", None)
+    if not process._launcher():
+        pytest.skip("setpriv (util-linux) is not installed")
+    monkeypatch.setattr(process, "_launcher_argv", None)
+    answers = _first_calls_at_once(monkeypatch, os, "access", process._launcher)
+    assert answers == [process._launcher()] * 8
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_hook_is_made_for_the_first_calls_of_many_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(process, "_prctl", None)
+    monkeypatch.setattr(process, "_prctl_resolved", False)
+    import ctypes
+
+    answers = _first_calls_at_once(monkeypatch, ctypes, "CDLL", process._die_with_parent)
+    assert all(callable(hook) for hook in answers), answers
