@@ -901,21 +901,25 @@ def _run(group: click.Group, name: str) -> None:
 
 def _exit_now(code: object) -> None:
     """End a short-lived command at once, without the interpreter's
-    teardown (several milliseconds of freeing what the process holds).
+    teardown (several milliseconds of freeing what the process holds, more
+    the more modules a command imported).
 
-    Only when nothing is left for that teardown to do: the collector is off
-    (no command that runs until stopped), no atexit handler is registered,
-    no other thread runs, and the standard streams flush. Every file the
-    commands write is closed and, for state, fsynced before this point.
-    Otherwise it returns, and the caller exits the usual way."""
+    Only when nothing else is left for that teardown to do: the collector is
+    off (no command that runs until stopped) and no other thread runs. The
+    atexit handlers (other packages register them, certifi for one) run
+    here, as they would at exit, and the standard streams are flushed after
+    them. Every file the commands write is closed and, for state, fsynced
+    before this point. Otherwise it returns, and the caller exits the usual
+    way."""
     if gc.isenabled() or not (code is None or isinstance(code, int)):
-        return
-    ncallbacks = getattr(atexit, "_ncallbacks", None)
-    if ncallbacks is None or ncallbacks() != 0:
         return
     threading = sys.modules.get("threading")
     if threading is not None and threading.active_count() != 1:
         return
+    run_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_handlers is None:
+        return
+    run_handlers()
     try:
         sys.stdout.flush()
         sys.stderr.flush()
