@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from reconciler.errors import AgentKindError, ConfigError, Position
 from reconciler.models import units
+from reconciler.record import record
 
 CONFIG_DIR = ".wreckit"
 CONFIG_FILE = "config.json"
@@ -27,7 +27,7 @@ ACCELS = ("auto", "kvm", "tcg")
 MAX_CONFIG_BYTES = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class AgentConfig:
     """The ``agent`` block, with the guide's defaults."""
 
@@ -42,7 +42,7 @@ class AgentConfig:
     accel: str = "auto"
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Config:
     agent: AgentConfig
     #: The files that were read, base first (empty when there is no config).

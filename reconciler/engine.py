@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +41,7 @@ from reconciler.errors import (
 from reconciler.events import EVENTS_FILE, EventLog, EventLogHook, EventType
 from reconciler.models import units
 from reconciler.models.observed import Inventory
+from reconciler.record import field, record
 
 if TYPE_CHECKING:
     from reconciler.drivers.microvm import Image
@@ -61,7 +61,7 @@ def check_name(name: str) -> str:
     return name
 
 
-@dataclass
+@record
 class StartOutcome:
     name: str
     memory: int
@@ -69,7 +69,7 @@ class StartOutcome:
     result: CallResult
 
 
-@dataclass
+@record
 class ApplyOutcome:
     plan: Plan
     result: ApplyResult | None = None

@@ -8,7 +8,7 @@ calls ``sys.exit``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from reconciler.record import record
 
 
 class ReconcilerError(Exception):
@@ -30,7 +30,7 @@ class ReconcilerError(Exception):
         return text
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Position:
     """Where in a file a problem is: 1-based line and column."""
 

@@ -19,7 +19,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.debuglog import debug
@@ -29,6 +28,7 @@ from reconciler.models.desired import Budget
 from reconciler.models.observed import Inventory
 from reconciler.models.plan import Action, Change, Plan
 from reconciler.models.state import Expiry, OwnedRecord, ProjectState
+from reconciler.record import field, record
 
 DEFAULT_PARALLELISM = 10
 
@@ -45,7 +45,7 @@ class ApplyHooks:
         pass
 
 
-@dataclass
+@record
 class StepOutcome:
     change: Change
     step: str
@@ -54,7 +54,7 @@ class StepOutcome:
     result: CallResult | None = None
 
 
-@dataclass
+@record
 class ApplyResult:
     outcomes: list[StepOutcome] = field(default_factory=list)
     #: (sprite, error) for every change that did not complete.
@@ -100,7 +100,7 @@ class _Ledger:
             self.running.discard(name)
 
 
-@dataclass
+@record
 class _Task:
     change: Change
     step_index: int = 0

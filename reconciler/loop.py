@@ -40,13 +40,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ManifestError, Position, ReconcilerError, is_terminal
 from reconciler.events import EventType
+from reconciler.record import field, record
 
 if TYPE_CHECKING:
     from reconciler.engine import Engine
@@ -116,7 +117,7 @@ class Backoff:
         self.next_at.clear()
 
 
-@dataclass
+@record
 class PassResult:
     number: int
     ok: bool

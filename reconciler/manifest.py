@@ -18,7 +18,6 @@ collector is paused while the nodes are alive (:mod:`reconciler.bulk`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from reconciler.bulk import collector_paused
 from reconciler.digest import sha256_hex
 from reconciler.errors import ManifestError, Position
 from reconciler.models.desired import DesiredSprite, ManifestSpec, desired_sprites, quick_spec
+from reconciler.record import record
 
 #: Manifests describe sprites, not data; 10,000 sprites fit in well under this.
 MAX_MANIFEST_BYTES = 8 << 20
@@ -103,7 +103,7 @@ class _GuardedLoader(_Loader):
         self._depth -= 1
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LoadedManifest:
     """A validated manifest, where it came from, and its digest."""
 

@@ -21,12 +21,12 @@ import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from reconciler.errors import LockError, StateError
 from reconciler.models.state import ProjectState
+from reconciler.record import record
 
 PROJECTS_DIR = "projects"
 #: Seconds a held lock may go without a holder record (its holder is taking
@@ -149,7 +149,7 @@ def encode_state(data: dict[str, Any]) -> bytes:
     return ("{\n" + ",\n".join(parts) + "\n}\n").encode()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Holder:
     pid: int
     host: str

@@ -7,18 +7,18 @@ planner does: a sprite is in sync when the planner would leave it alone.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from reconciler.models.observed import Inventory
 from reconciler.models.state import ProjectState
 from reconciler.planner import expires_at, recover
+from reconciler.record import record
 
 if TYPE_CHECKING:
     from reconciler.manifest import LoadedManifest
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class SpriteStatus:
     name: str
     #: In the manifest (False: owned, no longer wanted, about to be killed).
@@ -53,7 +53,7 @@ class SpriteStatus:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class StatusReport:
     project: str
     manifest: str

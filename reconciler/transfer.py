@@ -24,13 +24,13 @@ import stat
 import tarfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from reconciler.drivers.base import ExecResult
 from reconciler.errors import RuntimeCallError, UsageError
 from reconciler.models import units
+from reconciler.record import record
 
 #: Runs argv inside the sprite: (argv, stdin, stdout) -> ExecResult.
 Exec = Callable[[Sequence[str], Any, Any], ExecResult]
@@ -51,7 +51,7 @@ class CopyError(RuntimeCallError):
         super().__init__("cp", reason)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Location:
     """One side of a copy: a host path, or a path in sprite ``sprite``."""
 
@@ -62,7 +62,7 @@ class Location:
         return f"{self.sprite}:{self.path}" if self.sprite else self.path
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Copied:
     """What a copy did: where the source landed, and how much was copied."""
 

@@ -11,13 +11,13 @@ implement it too.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import IO, Protocol, runtime_checkable
 
 from reconciler.models.observed import Inventory
+from reconciler.record import field, record
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class StartRequest:
     """Everything a runtime needs to start one sprite. Names are validated."""
 
@@ -31,7 +31,7 @@ class StartRequest:
     options: Mapping[str, object] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class CallResult:
     """The outcome of a successful runtime call, with its raw output."""
 
@@ -42,7 +42,7 @@ class CallResult:
     address: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class ExecResult:
     """A command run inside a sprite; ``exit_code`` is the command's own
     (128 + N when a signal N ended it). Output streamed to a sink is not kept

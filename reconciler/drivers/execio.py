@@ -17,10 +17,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import IO, Protocol
 
 from reconciler.errors import RuntimeCallError, RuntimeTimeoutError
+from reconciler.record import record
 
 #: Seconds between SIGTERM and SIGKILL for a command past its timeout.
 KILL_GRACE = 2.0
@@ -41,7 +41,7 @@ class Sink(Protocol):
 Input = bytes | int | IO[bytes] | None
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Finished:
     returncode: int
     stdout: bytes

@@ -13,8 +13,9 @@ import select
 import signal
 import stat
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from reconciler.record import record
 
 if TYPE_CHECKING:
     import socket
@@ -55,7 +56,7 @@ def make_private_dir(path: pathlib.Path) -> None:
         raise UnsafePathError(f"{path} belongs to another user", path)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Layout:
     """Where a runtime keeps its records: ``<state_dir>/<runtime>/``."""
 

@@ -25,11 +25,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import FrameType
 
 from reconciler.debuglog import debug
 from reconciler.errors import RuntimeCallError, RuntimeTimeoutError
+from reconciler.record import record
 
 LOGGER = "sprites.runtime"
 
@@ -43,7 +43,7 @@ _POLL_INTERVAL = 0.1
 _READ_SIZE = 65536
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Completed:
     """A command that ran to its end, whatever its exit status."""
 

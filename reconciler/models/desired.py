@@ -1,4 +1,4 @@
-"""What a manifest asks for, as plain frozen dataclasses (no pydantic).
+"""What a manifest asks for, as plain frozen records (no pydantic).
 
 :class:`ManifestSpec` is a validated manifest: defaults not yet applied,
 replicas not yet expanded. :func:`desired_sprites` turns it into the
@@ -20,17 +20,17 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.models import sandbox, units
+from reconciler.record import field, record
 
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_REPLICAS = 1000
 MIN_MEMORY = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Budget:
     """Every limit the plan must respect. ``None`` means unlimited."""
 
@@ -42,14 +42,14 @@ class Budget:
     cpus: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class MountSpec:
     source: str
     target: str
     read_only: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class TemplateSpec:
     """One validated entry under ``sprites:`` (unset fields are ``None``)."""
 
@@ -90,14 +90,14 @@ class TemplateSpec:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class LimitsSpec:
     max_vms: int | None = None
     memory: int | None = None
     cpus: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class ManifestSpec:
     """A validated manifest."""
 
@@ -108,7 +108,7 @@ class ManifestSpec:
     sprites: Mapping[str, TemplateSpec] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class DesiredSprite:
     """One concrete sprite the manifest asks for, defaults applied."""
 

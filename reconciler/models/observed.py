@@ -1,20 +1,22 @@
 """What a runtime reports: the observed inventory.
 
-Plain frozen dataclasses, not pydantic models: ``sprites list`` must start
+Plain frozen data classes, not pydantic models: ``sprites list`` must start
 fast and validates nothing. Nothing here assumes a single host: ``pid`` is
 optional and ``address`` is an opaque string (``unix://...``, ``tcp://...``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from reconciler.record import field, record
 
 SpriteState = Literal["running", "stopped", "error"]
 STATES: tuple[str, ...] = ("running", "stopped", "error")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)  # a plan carries it: pydantic reads it
 class ObservedSprite:
     """One sprite as a runtime lists it."""
 
@@ -47,7 +49,7 @@ class ObservedSprite:
         return data
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Inventory:
     """Every sprite the runtimes report, plus their raw output for agents."""
 

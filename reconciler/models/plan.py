@@ -127,7 +127,9 @@ class BudgetUsage:
 class Plan:
     """Plain frozen dataclasses rather than pydantic models: a plan of 10,000
     sprites is built in milliseconds. pydantic (de)serialises it at the
-    boundary (:func:`plan_to_json`, :func:`plan_from_json`)."""
+    boundary (:func:`plan_to_json`, :func:`plan_from_json`), which is why
+    the plan's classes are stdlib dataclasses and not records
+    (:mod:`reconciler.record`): pydantic knows how to read and make them."""
 
     project: str
     format_version: str = FORMAT_VERSION

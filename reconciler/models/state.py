@@ -8,15 +8,16 @@ sprite is absent is forgotten and started again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
 from operator import attrgetter
 from typing import Any
+
+from reconciler.record import field, fields, record, replace
 
 STATE_FORMAT_VERSION = 1
 STATUSES = ("starting", "running", "killing")
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class OwnedRecord:
     name: str
     status: str
@@ -55,11 +56,11 @@ class OwnedRecord:
         )
 
 
-_RECORD_FIELDS = tuple(f.name for f in fields(OwnedRecord) if f.name != "name")
+_RECORD_FIELDS = tuple(name for name in fields(OwnedRecord) if name != "name")
 _record_values = attrgetter(*_RECORD_FIELDS)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Expiry:
     """A sprite whose ttl ran out under one version of the manifest: it stays
     down until the manifest (its digest) changes."""
@@ -78,7 +79,7 @@ class Expiry:
         return Expiry(data["manifest_digest"], float(at) if isinstance(at, (int, float)) else 0.0)
 
 
-@dataclass(slots=True)
+@record(slots=True)
 class ProjectState:
     """The whole state file of one project."""
 

@@ -9,13 +9,13 @@ sends them) and answers bad ones with an envelope too.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
 from reconciler.engine import Engine
 from reconciler.errors import UsageError
+from reconciler.record import record
 from reconciler.tools import sprites
 from reconciler.tools.sprites import EngineFactory
 from reconciler.views import envelope
@@ -34,7 +34,7 @@ class Envelope(BaseModel):
     )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ToolSpec:
     name: str
     title: str

@@ -15,7 +15,8 @@ import hashlib
 import os
 import signal
 import time
-from dataclasses import dataclass
+
+from reconciler.record import record
 
 CONTROLLERS = ("memory", "cpu", "pids")
 DEFAULT_PIDS = 512
@@ -37,7 +38,7 @@ class CgroupBusyError(CgroupError):
     """A group of that name exists and still holds processes."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Hierarchy:
     """Where the controllers are mounted."""
 
@@ -50,7 +51,7 @@ class Hierarchy:
         return dict(self.v1)[controller]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SpriteCgroups:
     """The groups of one sprite and the files the runtime reads back."""
 

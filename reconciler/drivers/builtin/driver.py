@@ -29,13 +29,13 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from reconciler import errors
 from reconciler.drivers import base, hostio
 from reconciler.drivers.builtin import cgroups, helper, records
 from reconciler.models import observed, sandbox, units
+from reconciler.record import record
 
 if TYPE_CHECKING:
     import subprocess
@@ -111,7 +111,7 @@ def userns_mode() -> int:
     return 2 if limit is not None and limit.isdigit() and int(limit) > 0 else 0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mount:
     """A host path bound into the sprite."""
 
@@ -123,7 +123,7 @@ class Mount:
         return {"source": self.source, "target": self.target, "readOnly": self.read_only}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Settings:
     """A start request checked and turned into what the helper needs."""
 
@@ -138,7 +138,7 @@ class _Settings:
     userns: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Record:
     """One sprite's records as read from disk."""
 

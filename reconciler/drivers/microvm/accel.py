@@ -21,11 +21,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from reconciler.drivers.microvm.image import READY_MARKER, Image
 from reconciler.errors import RuntimeCallError
+from reconciler.record import record
 
 KVM_DEVICE = "/dev/kvm"
 #: The guide's wording when KVM is required but missing.
@@ -39,13 +39,13 @@ INIT_LINE = "Run /init as init process"
 _PR_SET_PDEATHSIG = 1
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProbeResult:
     ok: bool
     reason: str = ""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Decision:
     """The accelerator to use, and the one-line warning to show when it is a fallback."""
 

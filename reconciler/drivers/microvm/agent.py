@@ -91,8 +91,9 @@ import shlex
 import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import IO, Protocol
+
+from reconciler.record import record
 
 #: The name of the guest's virtio serial port for the agent.
 PORT_NAME = "sprites.agent"
@@ -333,7 +334,7 @@ class AgentGone(AgentError):
     """The VM went away, or cannot run the agent now."""
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Outcome:
     """How a command ended: ``exit_code`` (None when it did not end after
     its KILL), or ``failure`` when it could not run; ``timed_out`` when the

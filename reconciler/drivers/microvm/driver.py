@@ -44,7 +44,6 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from reconciler import errors
@@ -52,6 +51,7 @@ from reconciler.drivers import base, hostio, process
 from reconciler.drivers.microvm import accel as accel_mod
 from reconciler.drivers.microvm import agent, console, image, qmp
 from reconciler.models import observed, sandbox, units
+from reconciler.record import record
 
 QEMU_BINARY = "qemu-system-x86_64"
 #: The Debian kernel needs about 96MiB to unpack its initramfs and run.
@@ -111,7 +111,7 @@ def host_khz() -> int | None:
 # ------------------------------------------------------------------- records
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Record:
     name: str
     directory: pathlib.Path

@@ -34,13 +34,13 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from reconciler.drivers import process
 from reconciler.drivers.microvm import agent
 from reconciler.errors import ReconcilerError, RuntimeCallError
 from reconciler.models import sandbox
+from reconciler.record import record
 
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
@@ -151,7 +151,7 @@ class ImageError(ReconcilerError):
     """The guest image cannot be built or is missing."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Image:
     """A guest image ready to boot."""
 
