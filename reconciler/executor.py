@@ -8,6 +8,14 @@ record is settled. A crash at any moment therefore leaves records that the
 next apply resolves against what the runtime lists (see
 :func:`reconciler.planner.recover`).
 
+The intents of the next round (up to ``parallelism`` first steps waiting
+for a slot) are saved while the current calls run, so a slot that frees
+starts its next call at once instead of after a write of the state file.
+An intent saved ahead of its call means what any intent means, that the
+call may have been made; those whose call never comes (the apply ran out
+of budget room) are taken back before the apply ends. A replace's start
+follows its kill, so its intent is saved only once the kill is done.
+
 Starts are admitted against a ledger of what runs, counting in-flight
 starts as running and in-flight kills as still running, so the sprites
 running at any moment never exceed the budget.
@@ -100,11 +108,14 @@ class _Ledger:
             self.running.discard(name)
 
 
-@record
+@record(eq=False)  # each task is itself: found by identity
 class _Task:
     change: Change
     step_index: int = 0
     started: float = 0.0
+    #: Its intent was saved ahead of its call; ``before`` is the record it replaced.
+    ahead: bool = False
+    before: OwnedRecord | None = None
 
     @property
     def step(self) -> str:
@@ -225,19 +236,35 @@ class Executor:
         started_ok: list[str] = []
         settled = False  # records settled in memory since the last save
         finished: list[tuple[_Task, StepOutcome]] = []  # not yet told to the hooks
+        ahead: list[_Task] = []  # intents saved, calls not yet made
         with _Workers(self.parallelism, self._call) as pool:
             while ready or pool.busy:
                 batch = self._admit(ready, ledger, pool.busy)
-                for task in batch:
+                late = [task for task in batch if not task.ahead]
+                for task in late:
                     self._write_intent(task)
-                if batch or settled:
-                    # One write journals the new intents before their calls,
+                if late:
+                    # One write journals these intents before their calls,
                     # and with them what the last round settled.
                     self.save(self.state)
                     settled = False
                 for task in batch:
+                    if task.ahead:
+                        ahead.remove(task)
+                        self._restamp(task)
                     task.started = time.monotonic()
                     pool.submit(task)
+                upcoming = [
+                    t for t in ready[: self.parallelism] if not t.ahead and t.step_index == 0
+                ]
+                for task in upcoming:
+                    task.ahead = True
+                    task.before = self.state.records.get(task.change.address)
+                    self._write_intent(task)
+                    ahead.append(task)
+                if upcoming:
+                    self.save(self.state)
+                    settled = False
                 # The hooks (output, the event log) hear of the steps that
                 # ended once the calls they made room for are on their way:
                 # telling them is not what the next start waits for. They
@@ -268,6 +295,13 @@ class Executor:
                 settled = True
         for task, outcome in finished:
             self._notify("post_step", task.change, task.step, outcome.error, outcome.elapsed)
+        for task in ahead:  # their calls never came: take the intents back
+            settled = True
+            name = task.change.address
+            if task.before is None:
+                self.state.records.pop(name, None)
+            else:
+                self.state.records[name] = task.before
         if settled:
             self.save(self.state)
         if started_ok:
@@ -348,6 +382,13 @@ class Executor:
                 started_at=self.clock(),
                 restarts=restarts,
             )
+
+    def _restamp(self, task: _Task) -> None:
+        """A start whose intent was saved ahead starts now: its record's start
+        time (from which a ttl runs) is now, saved when it settles."""
+        record = self.state.records.get(task.change.address)
+        if task.step == "start" and record is not None:
+            self.state.records[record.name] = record.with_(started_at=self.clock())
 
     def _call(self, task: _Task) -> CallResult:
         name = task.change.address

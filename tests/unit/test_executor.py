@@ -247,6 +247,66 @@ def test_the_intent_is_saved_before_each_runtime_call() -> None:
     assert journal.last["new"].status == "running"
 
 
+def test_the_next_rounds_intents_are_saved_while_the_calls_run() -> None:
+    """A slot that frees starts its next call without waiting for a write:
+    while the first round's calls run, the second round's intents are saved."""
+    runtime = MemoryRuntime()
+    journal = Journal()
+    names = ["a", "b", "c", "d"]
+    plan = make_plan(desired(*(want(n) for n in names)), runtime.list(), {}, Budget())
+    seen_during_first: dict[str, str | None] = {}
+
+    def wait_for_the_next_round(op: str, name: str) -> None:
+        if name not in ("a", "b"):
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            last = journal.last
+            if "c" in last and "d" in last:
+                break
+            time.sleep(0.005)
+        seen_during_first[name] = journal.last.get("c", None) and journal.last["c"].status
+
+    runtime.on_call = wait_for_the_next_round
+    state = ProjectState(project="demo")
+    result = Executor(runtime, state, journal.save, Budget(), parallelism=2).run(
+        plan, runtime.list()
+    )
+    assert result.ok
+    assert seen_during_first == {"a": "starting", "b": "starting"}
+    assert {n: r.status for n, r in state.records.items()} == dict.fromkeys(names, "running")
+    assert journal.last == state.records
+
+
+def test_a_start_saved_ahead_is_stamped_when_its_call_is_made() -> None:
+    """The ttl of a sprite runs from its start call, not from when its
+    intent was saved ahead of it."""
+    runtime = MemoryRuntime()
+    ticks = iter(range(1000, 2000))
+    stamps: dict[str, float] = {}
+    journal = Journal()
+    state = ProjectState(project="demo")
+    plan = make_plan(desired(want("a"), want("b")), runtime.list(), {}, Budget())
+
+    def note(op: str, name: str) -> None:
+        stamps[name] = now
+
+    def clock() -> float:
+        nonlocal now
+        now = float(next(ticks))
+        return now
+
+    now = 0.0
+    runtime.on_call = note
+    Executor(runtime, state, journal.save, Budget(), parallelism=1, clock=clock).run(
+        plan, runtime.list()
+    )
+    saved_ahead = [s["b"].started_at for s in journal.saves if "b" in s][0]
+    assert state.records["b"].started_at is not None
+    assert state.records["b"].started_at > saved_ahead
+    assert state.records["b"].started_at <= stamps["b"]
+
+
 def test_a_failed_start_does_not_stop_the_others_and_is_not_recorded() -> None:
     runtime = MemoryRuntime(fail={("start", "b"): RuntimeCallError("start", "insufficient memory")})
     plan = make_plan(desired(want("a"), want("b"), want("c")), runtime.list(), {}, Budget())
@@ -304,12 +364,15 @@ def test_starts_that_a_failed_kill_leaves_no_room_for_are_reported() -> None:
     recs = records(owned("old"))
     budget = Budget(host_max_vms=1)
     plan = make_plan(desired(want("new")), runtime.list(), recs, budget)
-    result, _, _ = execute(runtime, plan, recs, budget)
+    result, state, journal = execute(runtime, plan, recs, budget)
     messages = dict((n, e.user_message) for n, e in result.failures)
     assert messages["old"] == "Failed to kill Sprite: permission denied"
     assert "no room for 'new'" in messages["new"]
     assert runtime.peak["running"] <= 1
     assert ("start", "new") not in runtime.calls
+    # Its intent, saved ahead of a call that never came, was taken back.
+    assert set(state.records) == {"old"} and state.records["old"].status == "running"
+    assert journal.last == state.records
 
 
 def test_a_start_the_runtime_does_not_list_afterwards_is_a_failure() -> None:
