@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import LockError, StateError
-from reconciler.models.state import ProjectState
+from reconciler.models.state import OwnedRecord, ProjectState
 from reconciler.record import record
 
 PROJECTS_DIR = "projects"
@@ -135,18 +135,18 @@ def encode_state(data: dict[str, Any]) -> bytes:
     An apply writes the whole file before and after its runtime calls, so
     with 10,000 sprites the encoding counts: ``indent=`` would run json's
     pure-Python encoder, several times slower than the C one used here."""
-    parts = []
-    for key in sorted(data):
-        value = data[key]
-        if key in ("sprites", "expired") and isinstance(value, dict) and value:
-            entries = ",\n".join(
-                f"  {_ENCODER.encode(name)}: {_ENCODER.encode(entry)}"
-                for name, entry in sorted(value.items())
-            )
-            parts.append(f" {_ENCODER.encode(key)}: {{\n{entries}\n }}")
-        else:
-            parts.append(f" {_ENCODER.encode(key)}: {_ENCODER.encode(value)}")
+    parts = [_encode_part(key, data[key]) for key in sorted(data)]
     return ("{\n" + ",\n".join(parts) + "\n}\n").encode()
+
+
+def _encode_part(key: str, value: Any) -> str:
+    if key in ("sprites", "expired") and isinstance(value, dict) and value:
+        entries = ",\n".join(
+            f"  {_ENCODER.encode(name)}: {_ENCODER.encode(entry)}"
+            for name, entry in sorted(value.items())
+        )
+        return f" {_ENCODER.encode(key)}: {{\n{entries}\n }}"
+    return f" {_ENCODER.encode(key)}: {_ENCODER.encode(value)}"
 
 
 @record(frozen=True)
@@ -199,6 +199,8 @@ class StateStore:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self._ready = False
+        #: Per project, each record last saved and its line in the file.
+        self._lines: dict[str, dict[str, tuple[OwnedRecord, str]]] = {}
 
     @property
     def projects_dir(self) -> Path:
@@ -246,7 +248,31 @@ class StateStore:
     def save(self, state: ProjectState) -> None:
         self._ensure()
         state.serial += 1
-        write_private_file(self.state_path(state.project), encode_state(state.to_json()))
+        write_private_file(self.state_path(state.project), self._encode(state))
+
+    def _encode(self, state: ProjectState) -> bytes:
+        """What ``encode_state(state.to_json())`` gives, reusing the line of
+        each record that is the same object as at the last save: an apply
+        saves the whole file many times, changing a few records each time."""
+        previous = self._lines.get(state.project, {})
+        lines: dict[str, tuple[OwnedRecord, str]] = {}
+        for name, owned in sorted(state.records.items()):
+            known = previous.get(name)
+            if known is None or known[0] is not owned:
+                entry = _ENCODER.encode(owned.to_json())
+                known = (owned, f"  {_ENCODER.encode(name)}: {entry}")
+            lines[name] = known
+        self._lines[state.project] = lines
+        data = state.to_json(records=False)
+        data["sprites"] = {}
+        parts = []
+        for key in sorted(data):
+            if key == "sprites" and lines:
+                entries = ",\n".join(line for _, line in lines.values())
+                parts.append(f' "sprites": {{\n{entries}\n }}')
+            else:
+                parts.append(_encode_part(key, data[key]))
+        return ("{\n" + ",\n".join(parts) + "\n}\n").encode()
 
     def projects(self) -> list[str]:
         if not self.projects_dir.is_dir():

@@ -89,13 +89,15 @@ class ProjectState:
     #: Sprites held down because their ttl expired (see :class:`Expiry`).
     expired: dict[str, Expiry] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, records: bool = True) -> dict[str, Any]:
+        """The state file's content; without the sprites' records if told."""
         data: dict[str, Any] = {
             "format_version": STATE_FORMAT_VERSION,
             "project": self.project,
             "serial": self.serial,
-            "sprites": {name: rec.to_json() for name, rec in sorted(self.records.items())},
         }
+        if records:
+            data["sprites"] = {name: rec.to_json() for name, rec in sorted(self.records.items())}
         if self.expired:
             data["expired"] = {name: e.to_json() for name, e in sorted(self.expired.items())}
         return data

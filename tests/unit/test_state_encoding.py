@@ -65,3 +65,29 @@ def test_the_state_file_has_one_sprite_per_line_in_name_order() -> None:
 def test_an_empty_state_encodes_as_before() -> None:
     data = ProjectState(project="demo").to_json()
     assert json.loads(encode_state(data)) == data
+
+
+def test_saves_that_reuse_record_lines_write_what_a_full_encoding_does(tmp_path: Path) -> None:
+    """A store keeps each saved record's line and reuses it while the record
+    is the same object; every file it writes is the full encoding's bytes."""
+    store = StateStore(tmp_path / "state")
+    state = ProjectState(project="demo")
+    path = store.state_path("demo")
+    steps = [
+        lambda: state.records.update({n: replace(RECORD, name=n) for n in ("c", "a", "b")}),
+        lambda: state.records.update(a=replace(state.records["a"], status="running")),
+        lambda: state.records.pop("b"),
+        lambda: state.expired.update(b=Expiry("digest", 3.0)),
+        lambda: state.records.update(b=replace(RECORD, name="b", restarts=9)),
+        lambda: None,
+        lambda: state.records.clear(),
+        lambda: state.records.update(z=replace(RECORD, name="z", spec={})),
+    ]
+    for step in steps:
+        step()
+        store.save(state)
+        assert path.read_bytes() == encode_state(state.to_json())
+        assert store.load("demo") == state
+    other = ProjectState(project="other", records={"a": RECORD})
+    store.save(other)
+    assert store.state_path("other").read_bytes() == encode_state(other.to_json())
