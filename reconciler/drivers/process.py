@@ -8,9 +8,10 @@ attach, which needs the user's terminal, goes through :func:`run_interactive`.
 Each call is logged with its duration at DEBUG on the ``sprites.runtime``
 logger, which ``--verbose`` shows. On Linux a child of :func:`run` is also
 SIGKILLed by the kernel when the thread that started it dies, so no runtime
-call outlives a sprites process that was killed outright: util-linux's
-``setpriv --pdeathsig`` arranges it where installed (``SPRITES_NO_SETPRIV=1``
-turns that off), a hook run in the child before exec elsewhere.
+call outlives a sprites process that was killed outright: a small compiled
+launcher arranges it where a C compiler could build one, util-linux's
+``setpriv --pdeathsig`` where installed, and a hook run in the child before
+exec elsewhere (``SPRITES_NO_SETPRIV=1`` skips both launchers for the hook).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def run(
             # The launcher failed before it ran the command (an old setpriv,
             # or a program that cannot be executed): the command never ran,
             # so run it directly, where a launch failure has its own error.
-            if not stderr.startswith(b"setpriv: failed to execute "):
+            if b": failed to execute " not in stderr.partition(b"\n")[0]:
                 _disable_launcher()
             launcher = ()
             continue
@@ -184,10 +185,10 @@ _PR_SET_PDEATHSIG = 1
 _prctl: Callable[..., int] | None = None
 _prctl_resolved = False
 
-#: setpriv's own complaints before it execs: the command did not run.
+#: The launchers' own complaints before they exec: the command did not run.
 _LAUNCHER_FAILURE = (
-    rb"setpriv: (unrecognized option|invalid option|unknown signal"
-    rb"|set parent death signal failed|failed to execute)[^\n]*\n"
+    rb"(setpriv|sprites-launch): (unrecognized option|invalid option|unknown signal"
+    rb"|set parent death signal failed|failed to execute|no command given)[^\n]*\n"
     rb"(Try 'setpriv --help' for more information\.\n)?"
 )
 _SETPRIV = ("/usr/bin/setpriv", "/bin/setpriv")
@@ -201,12 +202,14 @@ def _launcher() -> tuple[str, ...]:
     A ``preexec_fn`` makes Python fork the whole interpreter and run Python
     code in the child, which blocks the calling thread for about 2 ms per call
     (more while other threads want the interpreter): an apply that starts
-    many sprites spends most of its own time there. util-linux's ``setpriv
-    --pdeathsig KILL`` does the same ``prctl`` in a small program that then
-    execs the command, so Python can use vfork and return at once. The
-    difference: the hook also exits if the parent died before it ran, while
-    setpriv leaves that instant (between its start and its ``prctl``, well
-    under a millisecond) uncovered.
+    many sprites spends most of its own time there. A small program that
+    does the ``prctl`` and then execs the command lets Python vfork and
+    return at once: the compiled launcher (:mod:`reconciler.drivers.launcher`,
+    a static binary that starts in ~0.3 ms) where a C compiler could build
+    it, else util-linux's ``setpriv --pdeathsig KILL`` (~0.8 ms). Both check
+    nothing was run for a parent that is already gone: the launcher and the
+    hook exit if the parent died before the ``prctl``, while setpriv leaves
+    that instant (well under a millisecond) uncovered.
     """
     global _launcher_argv
     found = _launcher_argv
@@ -216,10 +219,16 @@ def _launcher() -> tuple[str, ...]:
         # see a half-made answer.
         found = ()
         if sys.platform.startswith("linux") and not os.environ.get("SPRITES_NO_SETPRIV"):
-            for path in _SETPRIV:
-                if os.access(path, os.X_OK):
-                    found = (path, "--pdeathsig", "KILL", "--")
-                    break
+            from reconciler.drivers import launcher
+
+            compiled = launcher.find()
+            if compiled is not None:
+                found = (compiled,)
+            else:
+                for path in _SETPRIV:
+                    if os.access(path, os.X_OK):
+                        found = (path, "--pdeathsig", "KILL", "--")
+                        break
         _launcher_argv = found
     return found
 
@@ -249,12 +258,12 @@ def _has_own_interpreter(program: str) -> bool:
 
 
 def _launcher_failed(stderr: bytes) -> bool:
-    """Whether ``stderr`` is all setpriv's, and says it ran nothing (with
-    nothing on stdout, checked by the caller). Anything else, a program that
-    prints "setpriv:" itself included, is the command's own outcome and is
-    never run a second time; only a command that fails with exactly one of
-    setpriv's refusals and prints nothing else cannot be told from it."""
-    if not stderr.startswith(b"setpriv: "):
+    """Whether ``stderr`` is all the launcher's, and says it ran nothing
+    (with nothing on stdout, checked by the caller). Anything else, a program
+    that prints "setpriv:" itself included, is the command's own outcome and
+    is never run a second time; only a command that fails with exactly one of
+    the launchers' refusals and prints nothing else cannot be told from it."""
+    if not stderr.startswith((b"setpriv: ", b"sprites-launch: ")):
         return False
     import re
 

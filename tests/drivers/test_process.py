@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.drivers import process
+from reconciler.drivers import launcher, process
 from reconciler.errors import RuntimeCallError, RuntimeTimeoutError
 from tests.helpers.fakewisp import process_group_members
 
@@ -180,15 +180,22 @@ PDEATHSIG_PROBE = (
 )
 
 
-@pytest.fixture(params=["setpriv", "hook"])
+@pytest.fixture(params=["compiled", "setpriv", "hook"])
 def mechanism(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each way a child learns to die with its parent: through util-linux's
-    setpriv (where installed) and through a hook run before exec."""
-    if request.param == "setpriv":
-        monkeypatch.setattr(process, "_launcher_argv", None)
-        monkeypatch.delenv("SPRITES_NO_SETPRIV", raising=False)
+    """Each way a child learns to die with its parent: through the compiled
+    launcher (where a C compiler built it), util-linux's setpriv (where
+    installed) and a hook run before exec."""
+    monkeypatch.setattr(process, "_launcher_argv", None)
+    monkeypatch.delenv("SPRITES_NO_SETPRIV", raising=False)
+    if request.param == "compiled":
+        if launcher.find() is None:
+            pytest.skip("no C compiler to build the launcher with")
+        assert process._launcher() == (launcher.find(),)
+    elif request.param == "setpriv":
+        monkeypatch.setattr(launcher, "find", lambda: None)
         if not process._launcher():
             pytest.skip("setpriv (util-linux) is not installed")
+        assert process._launcher()[0].endswith("/setpriv")
     else:
         monkeypatch.setattr(process, "_launcher_argv", ())
     return str(request.param)
@@ -202,22 +209,28 @@ def test_a_child_is_set_to_be_killed_when_its_parent_dies(mechanism: str) -> Non
 
 ORPHAN_MAKER = """\
 import sys
-from reconciler.drivers import process
+from reconciler.drivers import launcher, process
+if {launcher!r} == "setpriv":
+    launcher.find = lambda: None
 process.run([sys.executable, "-S", "-c", {child!r}], timeout=60, op="x")
 """
 CHILD = "import os, time\nopen({path!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-@pytest.mark.parametrize("launcher", ["setpriv", "hook"])
-def test_a_call_does_not_outlive_a_killed_parent(tmp_path: Path, launcher: str) -> None:
+@pytest.mark.parametrize("way", ["compiled", "setpriv", "hook"])
+def test_a_call_does_not_outlive_a_killed_parent(tmp_path: Path, way: str) -> None:
     pid_file = tmp_path / "child.pid"
     child = CHILD.format(path=str(pid_file))
     env = dict(os.environ)
-    if launcher == "hook":
+    if way == "hook":
         env["SPRITES_NO_SETPRIV"] = "1"
+    if way == "compiled" and launcher.find() is None:
+        pytest.skip("no C compiler to build the launcher with")
     parent = subprocess.Popen(
-        [sys.executable, "-c", ORPHAN_MAKER.format(child=child)], env=env, start_new_session=True
+        [sys.executable, "-c", ORPHAN_MAKER.format(child=child, launcher=way)],
+        env=env,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 20
@@ -354,6 +367,7 @@ def test_the_launcher_is_the_same_for_the_first_calls_of_many_threads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("SPRITES_NO_SETPRIV", raising=False)
+    monkeypatch.setattr(launcher, "find", lambda: None)  # setpriv's lookup is the slow one
     monkeypatch.setattr(process, "_launcher_argv", None)
     if not process._launcher():
         pytest.skip("setpriv (util-linux) is not installed")
