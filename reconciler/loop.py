@@ -40,14 +40,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ManifestError, Position, ReconcilerError, is_terminal
 from reconciler.events import EventType
-from reconciler.record import field, record
+from reconciler.record import field, record, replace
 
 if TYPE_CHECKING:
     from reconciler.engine import Engine

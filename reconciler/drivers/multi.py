@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from reconciler.drivers.base import CallResult, Driver, ExecResult, StartRequest
 from reconciler.errors import RuntimeCallError, SpriteExistsError
 from reconciler.models.observed import Inventory, ObservedSprite
+from reconciler.record import replace
 
 #: Runtimes that keep their sprites' records under ``<state_dir>/<runtime>/sprites/``.
 LOCAL_RUNTIMES = ("builtin", "microvm")

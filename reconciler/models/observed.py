@@ -1,13 +1,12 @@
 """What a runtime reports: the observed inventory.
 
-Plain frozen data classes, not pydantic models: ``sprites list`` must start
+Plain frozen records, not pydantic models: ``sprites list`` must start
 fast and validates nothing. Nothing here assumes a single host: ``pid`` is
 optional and ``address`` is an opaque string (``unix://...``, ``tcp://...``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from reconciler.record import field, record
@@ -16,7 +15,7 @@ SpriteState = Literal["running", "stopped", "error"]
 STATES: tuple[str, ...] = ("running", "stopped", "error")
 
 
-@dataclass(frozen=True, slots=True)  # a plan carries it: pydantic reads it
+@record(frozen=True, slots=True)
 class ObservedSprite:
     """One sprite as a runtime lists it."""
 

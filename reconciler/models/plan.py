@@ -9,12 +9,11 @@ started the sprite); ``after`` is the desired spec (``None`` for a kill).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import Enum
-from functools import cache
 from typing import Any
 
 from reconciler.models.observed import ObservedSprite
+from reconciler.record import field, record
 
 FORMAT_VERSION = "1"
 
@@ -84,7 +83,7 @@ _REASON_TEXT = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class FieldChange:
     """One field that differs between the recorded and the desired spec."""
 
@@ -93,7 +92,7 @@ class FieldChange:
     after: Any = None
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Change:
     address: str
     action: Action
@@ -106,10 +105,13 @@ class Change:
     observed_state: str | None = None
 
     def model_dump(self, mode: str = "json") -> dict[str, Any]:
-        return _adapter(Change).dump_python(self, mode=mode)  # type: ignore[no-any-return]
+        from reconciler.models import wire
+
+        data: dict[str, Any] = wire.dump(self)
+        return data
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class BudgetUsage:
     """The end state the plan leads to, against each limit (None = unlimited)."""
 
@@ -123,13 +125,12 @@ class BudgetUsage:
     cpus_limit: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Plan:
-    """Plain frozen dataclasses rather than pydantic models: a plan of 10,000
+    """Plain frozen records rather than pydantic models: a plan of 10,000
     sprites is built in milliseconds. pydantic (de)serialises it at the
-    boundary (:func:`plan_to_json`, :func:`plan_from_json`), which is why
-    the plan's classes are stdlib dataclasses and not records
-    (:mod:`reconciler.record`): pydantic knows how to read and make them."""
+    boundary (:func:`plan_to_json`, :func:`plan_from_json`, through
+    :mod:`reconciler.models.wire`)."""
 
     project: str
     format_version: str = FORMAT_VERSION
@@ -190,20 +191,19 @@ class Plan:
 SAVED_PLAN_KIND = "sprites-plan"
 
 
-@cache
-def _adapter(kind: type[Any]) -> Any:
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(kind)
-
-
 def plan_to_json(plan: Plan) -> dict[str, Any]:
-    return _adapter(Plan).dump_python(plan, mode="json")  # type: ignore[no-any-return]
+    from reconciler.models import wire
+
+    data: dict[str, Any] = wire.dump(plan)
+    return data
 
 
 def plan_from_json(data: Any) -> Plan:
     """Validate a plan read back from JSON; raises pydantic's ValidationError."""
-    return _adapter(Plan).validate_python(data)  # type: ignore[no-any-return]
+    from reconciler.models import wire
+
+    plan: Plan = wire.load(Plan, data)
+    return plan
 
 
 def saved_plan_json(plan: Plan) -> dict[str, Any]:
