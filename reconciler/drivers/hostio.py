@@ -1,7 +1,8 @@
 """Host I/O shared by the runtimes that run sprites on this host (built-in,
 microVM): the layout of their records under the state dir, private
-directories, the runtime log, unix sockets, and process facts read from
-/proc and acted on through pidfds (so a reused pid is never hit).
+directories, the runtime log, unix sockets, process facts read from /proc
+and acted on through pidfds (so a reused pid is never hit), and building the
+package's small C programs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,38 @@ class UnsafePathError(Exception):
     def __init__(self, message: str, path: pathlib.Path) -> None:
         super().__init__(message)
         self.path = path
+
+
+def build_c_program(
+    compiler: str, flags: tuple[str, ...], source: pathlib.Path, dest: pathlib.Path, timeout: float
+) -> str | None:
+    """Compile ``source`` into ``dest`` (mode 0700), or say why not: the
+    compiler's first line of complaint. Each build writes a file of its own
+    and renames it into place, so concurrent builds (threads or processes)
+    leave either no program or a complete one, and never a half-written one.
+    Raises ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
+    import subprocess
+
+    tmp = dest.with_name(f".build-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        built = subprocess.run(
+            [compiler, *flags, "-o", str(tmp), str(source)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+        if built.returncode != 0:
+            lines = built.stderr.decode("utf-8", "replace").strip().splitlines()
+            return lines[0] if lines else f"{compiler} exited with status {built.returncode}"
+        os.chmod(tmp, 0o700)
+        os.replace(tmp, dest)
+        return None
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
 def make_private_dir(path: pathlib.Path) -> None:

@@ -24,7 +24,7 @@ import threading
 import zlib
 
 from reconciler.debuglog import debug
-from reconciler.drivers.hostio import UnsafePathError, make_private_dir
+from reconciler.drivers.hostio import UnsafePathError, build_c_program, make_private_dir
 
 SOURCE = pathlib.Path(__file__).resolve().parent / "native" / "launch.c"
 #: Tried in order: a static binary starts fastest; where no static C library
@@ -101,25 +101,9 @@ def _locate_or_build() -> str | None:
     if compiler is None:
         return None
     make_private_dir(path.parent)
-    tmp = path.with_name(f".build-{os.getpid()}-{os.urandom(4).hex()}")
-    try:
-        for flags in FLAG_SETS:
-            built = subprocess.run(
-                [compiler, *flags, "-o", str(tmp), str(SOURCE)],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=BUILD_TIMEOUT,
-                check=False,
-            )
-            if built.returncode == 0:
-                os.chmod(tmp, 0o700)
-                os.replace(tmp, path)  # concurrent builds: the last complete one wins
-                return str(path)
-            detail = built.stderr.decode("utf-8", "replace").strip().splitlines()
-            debug("sprites.runtime", "building %s %s failed: %s", NAME, flags, detail[:1])
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    for flags in FLAG_SETS:
+        problem = build_c_program(compiler, flags, SOURCE, path, BUILD_TIMEOUT)
+        if problem is None:
+            return str(path)
+        debug("sprites.runtime", "building %s %s failed: %s", NAME, flags, problem)
     return None

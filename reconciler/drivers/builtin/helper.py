@@ -12,6 +12,7 @@ import threading
 import zlib
 
 from reconciler.drivers.builtin import records
+from reconciler.drivers.hostio import build_c_program
 
 SOURCE = pathlib.Path(__file__).resolve().parent.parent / "native" / "sprite-helper.c"
 CFLAGS = ("-O2", "-Wall")
@@ -92,26 +93,12 @@ def ensure(state_dir: pathlib.Path) -> pathlib.Path:
             records.make_private_dir(bin_dir)
         except (OSError, records.UnsafePathError) as exc:
             raise HelperUnavailableError(f"cannot create {bin_dir}: {exc}") from exc
-        tmp = bin_dir / f".build-{os.getpid()}-{os.urandom(4).hex()}"
         try:
-            proc = subprocess.run(
-                [gcc, *CFLAGS, "-o", str(tmp), str(SOURCE)],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=BUILD_TIMEOUT,
-                check=False,
-            )
-            if proc.returncode != 0:
-                detail = (proc.stderr.strip().splitlines() or ["no output"])[0]
-                raise HelperUnavailableError(f"cannot build the sprite helper: {detail}")
-            os.chmod(tmp, 0o700)
-            os.replace(tmp, path)
+            problem = build_c_program(gcc, CFLAGS, SOURCE, path, BUILD_TIMEOUT)
         except subprocess.TimeoutExpired as exc:
             raise HelperUnavailableError("building the sprite helper timed out") from exc
-        finally:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+        except OSError as exc:
+            raise HelperUnavailableError(f"cannot build the sprite helper: {exc}") from exc
+        if problem is not None:
+            raise HelperUnavailableError(f"cannot build the sprite helper: {problem}")
     return path
