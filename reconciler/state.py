@@ -141,12 +141,19 @@ def encode_state(data: dict[str, Any]) -> bytes:
 
 def _encode_part(key: str, value: Any) -> str:
     if key in ("sprites", "expired") and isinstance(value, dict) and value:
-        entries = ",\n".join(
-            f"  {_ENCODER.encode(name)}: {_ENCODER.encode(entry)}"
-            for name, entry in sorted(value.items())
+        return _encode_block(
+            key, [_entry_line(name, entry) for name, entry in sorted(value.items())]
         )
-        return f" {_ENCODER.encode(key)}: {{\n{entries}\n }}"
     return f" {_ENCODER.encode(key)}: {_ENCODER.encode(value)}"
+
+
+def _entry_line(name: str, entry: Any) -> str:
+    return f"  {_ENCODER.encode(name)}: {_ENCODER.encode(entry)}"
+
+
+def _encode_block(key: str, lines: list[str]) -> str:
+    """A key whose object has one entry (already encoded) per line."""
+    return f" {_ENCODER.encode(key)}: {{\n" + ",\n".join(lines) + "\n }"
 
 
 @record(frozen=True)
@@ -259,19 +266,17 @@ class StateStore:
         for name, owned in sorted(state.records.items()):
             known = previous.get(name)
             if known is None or known[0] is not owned:
-                entry = _ENCODER.encode(owned.to_json())
-                known = (owned, f"  {_ENCODER.encode(name)}: {entry}")
+                known = (owned, _entry_line(name, owned.to_json()))
             lines[name] = known
         self._lines[state.project] = lines
         data = state.to_json(records=False)
         data["sprites"] = {}
-        parts = []
-        for key in sorted(data):
-            if key == "sprites" and lines:
-                entries = ",\n".join(line for _, line in lines.values())
-                parts.append(f' "sprites": {{\n{entries}\n }}')
-            else:
-                parts.append(_encode_part(key, data[key]))
+        parts = [
+            _encode_block(key, [line for _, line in lines.values()])
+            if key == "sprites" and lines
+            else _encode_part(key, data[key])
+            for key in sorted(data)
+        ]
         return ("{\n" + ",\n".join(parts) + "\n}\n").encode()
 
     def projects(self) -> list[str]:
