@@ -79,9 +79,16 @@ def run(
         launcher = ()
     while True:
         started = time.monotonic()
-        returncode, stdout, stderr = _run(
-            args, shown, launcher, timeout, op, stdin_open, cwd, read_only
-        )
+        try:
+            returncode, stdout, stderr = _run(
+                args, shown, launcher, timeout, op, stdin_open, cwd, read_only
+            )
+        except _LauncherUnusable:
+            # The launcher itself cannot be executed here (removed since it
+            # was found, or kept on a noexec mount): do without it.
+            _disable_launcher()
+            launcher = ()
+            continue
         if launcher and returncode != 0 and not stdout and _launcher_failed(stderr):
             # The launcher failed before it ran the command (an old setpriv,
             # or a program that cannot be executed): the command never ran,
@@ -129,6 +136,8 @@ def _run(
         )
     except OSError as exc:
         debug(LOGGER, "%s -> could not run: %s", shown, exc)
+        if launcher and exc.filename == launcher[0]:
+            raise _LauncherUnusable from exc
         raise RuntimeCallError(op, _launch_reason(args[0], exc)) from exc
 
     try:
@@ -149,6 +158,10 @@ def _run(
             if stream is not None:
                 stream.close()
     return returncode, stdout, stderr
+
+
+class _LauncherUnusable(Exception):
+    """The launcher could not be executed; the command did not run."""
 
 
 def run_interactive(argv: Sequence[str], *, op: str = "attach") -> int:

@@ -386,3 +386,19 @@ def test_the_hook_is_made_for_the_first_calls_of_many_threads(
 
     answers = _first_calls_at_once(monkeypatch, ctypes, "CDLL", process._die_with_parent)
     assert all(callable(hook) for hook in answers), answers
+
+
+@pytest.mark.parametrize("problem", ["missing", "not-executable"])
+def test_a_launcher_that_cannot_be_executed_is_done_without(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem: str
+) -> None:
+    """A launcher removed since it was found, or on a noexec mount: the call
+    runs anyway (with the hook), and later calls skip the launcher."""
+    path = tmp_path / "sprites-launch"
+    if problem == "not-executable":
+        path.write_bytes(b"\x7fELF not really")
+        path.chmod(0o600)
+    monkeypatch.setattr(process, "_launcher_argv", (str(path),))
+    completed = process.run([*PY, PDEATHSIG_PROBE], timeout=10, op="x")
+    assert (completed.returncode, completed.stdout.strip()) == (0, "9")
+    assert process._launcher() == ()
