@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 if TYPE_CHECKING:
     from typing_extensions import dataclass_transform
@@ -136,7 +136,7 @@ def _make(cls: type[T], *, frozen: bool, slots: bool, eq: bool) -> type[T]:
     fields: dict[str, Field] = {}
     defaulted = False
     for name, annotation in namespace.get("__annotations__", {}).items():
-        if isinstance(annotation, str) and annotation.startswith(("ClassVar", "typing.ClassVar")):
+        if _is_class_var(annotation):
             continue
         value = namespace.pop(name, MISSING)
         one = value if isinstance(value, Field) else Field(value, MISSING, True, True)
@@ -168,6 +168,13 @@ def _make(cls: type[T], *, frozen: bool, slots: bool, eq: bool) -> type[T]:
     metaclass: Any = type(cls)
     made: type[T] = metaclass(cls.__name__, cls.__bases__, namespace)
     return made
+
+
+def _is_class_var(annotation: Any) -> bool:
+    """Whether an annotation (a string, with postponed evaluation) is ClassVar."""
+    if isinstance(annotation, str):
+        return annotation.startswith(("ClassVar", "typing.ClassVar"))
+    return annotation is ClassVar or getattr(annotation, "__origin__", None) is ClassVar
 
 
 def _first_init(self: Any, *args: Any, **kwargs: Any) -> None:

@@ -221,3 +221,21 @@ def test_defining_a_class_compiles_nothing(monkeypatch: pytest.MonkeyPatch) -> N
     assert compiled == []
     assert Lazy(1).a == 1 and len(compiled) == 1
     assert Lazy(2).a == 2 and len(compiled) == 1
+
+
+def test_class_variables_are_not_fields_without_postponed_annotations() -> None:
+    namespace: dict[str, Any] = {}
+    source = (
+        "from typing import ClassVar\n"
+        "from reconciler.record import record\n"
+        "@record(frozen=True, slots=True)\n"
+        "class Counted:\n"
+        "    limit: ClassVar[int] = 3\n"
+        "    plain: ClassVar = 'x'\n"
+        "    name: str\n"
+    )
+    # Compiled without this module's ``from __future__ import annotations``.
+    exec(compile(source, "<no-future>", "exec", dont_inherit=True), namespace)
+    counted = namespace["Counted"]
+    assert rec.fields(counted) == ("name",)
+    assert counted("a").name == "a" and counted.limit == 3 and counted.plain == "x"
