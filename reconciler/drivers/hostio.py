@@ -35,6 +35,22 @@ class UnsafePathError(Exception):
         self.path = path
 
 
+def c_compiler() -> str | None:
+    """The C compiler the package's small programs are built with, if any."""
+    import shutil
+
+    return shutil.which("gcc") or shutil.which("cc")
+
+
+def build_digest(data: bytes) -> str:
+    """A short name for a program built from ``data`` (its source, flags and
+    whatever else it depends on): a cache key, not a signature, as the
+    program lives in a private directory. Two cheap checksums."""
+    import zlib
+
+    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
+
+
 def build_c_program(
     compiler: str, flags: tuple[str, ...], source: pathlib.Path, dest: pathlib.Path, timeout: float
 ) -> str | None:

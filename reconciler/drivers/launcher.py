@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import stat
 import subprocess
 import threading
-import zlib
 
 from reconciler.debuglog import debug
-from reconciler.drivers.hostio import UnsafePathError, build_c_program, make_private_dir
+from reconciler.drivers.hostio import (
+    UnsafePathError,
+    build_c_program,
+    build_digest,
+    c_compiler,
+    make_private_dir,
+)
 
 SOURCE = pathlib.Path(__file__).resolve().parent / "native" / "launch.c"
 #: Tried in order: a static binary starts fastest; where no static C library
@@ -47,8 +51,7 @@ def cache_dir() -> pathlib.Path:
 def binary_path() -> pathlib.Path:
     """Where this source's launcher is kept for this machine."""
     data = SOURCE.read_bytes() + repr(FLAG_SETS).encode() + os.uname().machine.encode()
-    digest = f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
-    return cache_dir() / f"{NAME}-{digest}"
+    return cache_dir() / f"{NAME}-{build_digest(data)}"
 
 
 def find() -> str | None:
@@ -97,7 +100,7 @@ def _locate_or_build() -> str | None:
     if os.path.lexists(path):
         debug("sprites.runtime", "not running %s: not a private file of ours", path)
         return None
-    compiler = shutil.which("gcc") or shutil.which("cc")
+    compiler = c_compiler()
     if compiler is None:
         return None
     make_private_dir(path.parent)

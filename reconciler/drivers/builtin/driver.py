@@ -95,7 +95,7 @@ def unavailable_reason() -> str | None:
                 "the built-in runtime needs root: AppArmor restricts unprivileged user "
                 "namespaces (kernel.apparmor_restrict_unprivileged_userns is 1)"
             )
-    if helper.compiler() is None and not helper.is_built(default_state_dir()):
+    if hostio.c_compiler() is None and not helper.is_built(default_state_dir()):
         return f"the built-in runtime builds a small C helper and needs a compiler: {helper.INSTALL_HINT}"
     return None
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import stat
 import subprocess
 import threading
-import zlib
 
+from reconciler.drivers import hostio
 from reconciler.drivers.builtin import records
-from reconciler.drivers.hostio import build_c_program
+from reconciler.drivers.hostio import build_c_program, build_digest
 
 SOURCE = pathlib.Path(__file__).resolve().parent.parent / "native" / "sprite-helper.c"
 CFLAGS = ("-O2", "-Wall")
@@ -27,10 +26,6 @@ class HelperUnavailableError(Exception):
     """The helper cannot be built or found; the message says why, in one line."""
 
 
-def compiler() -> str | None:
-    return shutil.which("gcc") or shutil.which("cc")
-
-
 def source_digest() -> str:
     """A short hash of the helper source and the flags it is built with."""
     try:
@@ -40,10 +35,8 @@ def source_digest() -> str:
     key = (str(SOURCE), st.st_mtime_ns, st.st_size)
     digest = _digest_cache.get(key)
     if digest is None:
-        # A cache key, not a signature (the binary lives in our private
-        # directory): two cheap checksums, as every command looks it up.
-        data = SOURCE.read_bytes() + b"\0" + " ".join(CFLAGS).encode()
-        digest = f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
+        # Every command looks it up: read the source once per version of it.
+        digest = build_digest(SOURCE.read_bytes() + b"\0" + " ".join(CFLAGS).encode())
         _digest_cache.clear()
         _digest_cache[key] = digest
     return digest
@@ -83,7 +76,7 @@ def ensure(state_dir: pathlib.Path) -> pathlib.Path:
     with _lock:
         if _usable(path):
             return path
-        gcc = compiler()
+        gcc = hostio.c_compiler()
         if gcc is None:
             raise HelperUnavailableError(
                 f"the built-in runtime builds a small C helper and needs a compiler: {INSTALL_HINT}"

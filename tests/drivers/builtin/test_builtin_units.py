@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from reconciler.drivers.builtin import cgroups, helper, records, wispcli
+from reconciler.drivers.builtin import cgroups, records, wispcli
 from reconciler.drivers.builtin import driver as builtin_driver
 
 NEEDS_RUNTIME = False
@@ -282,9 +282,9 @@ def test_without_gcc_the_runtime_says_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
     from reconciler import errors
-    from reconciler.drivers import base
+    from reconciler.drivers import base, hostio
 
-    monkeypatch.setattr(helper, "compiler", lambda: None)
+    monkeypatch.setattr(hostio, "c_compiler", lambda: None)
     monkeypatch.setenv("SPRITES_STATE_DIR", str(tmp_path / "nothing-built"))
     reason = builtin_driver.unavailable_reason()
     assert reason is not None
