@@ -31,7 +31,16 @@ else:
         return lambda function: function
 
 
-__all__ = ["FrozenInstanceError", "field", "fields", "record", "replace"]
+__all__ = [
+    "FrozenInstanceError",
+    "field",
+    "field_specs",
+    "fields",
+    "is_frozen",
+    "is_record",
+    "record",
+    "replace",
+]
 
 T = TypeVar("T")
 
@@ -129,7 +138,7 @@ def record(
 
 def _make(cls: type[T], *, frozen: bool, slots: bool, eq: bool) -> type[T]:
     namespace = dict(cls.__dict__)
-    if any("__record__" in base.__dict__ for base in cls.__mro__[1:]):
+    if any(is_record(base) for base in cls.__mro__[1:]):
         raise TypeError(f"{cls.__qualname__}: a record cannot inherit fields")
     if "__post_init__" in namespace:
         raise TypeError(f"{cls.__qualname__}: records have no __post_init__")
@@ -180,7 +189,7 @@ def _is_class_var(annotation: Any) -> bool:
 def _first_init(self: Any, *args: Any, **kwargs: Any) -> None:
     """Compile the class's own ``__init__``, put it in place and run it."""
     cls = type(self)
-    owner = next(c for c in cls.__mro__ if "__record__" in c.__dict__)
+    owner = next(c for c in cls.__mro__ if is_record(c))
     init = _compile_init(owner.__dict__["__record__"])
     init.__qualname__ = f"{owner.__qualname__}.__init__"
     owner.__init__ = init  # type: ignore[misc]
@@ -244,6 +253,23 @@ def _frozen_setattr(self: Any, name: str, value: Any) -> None:
 
 def _frozen_delattr(self: Any, name: str) -> None:
     raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+def is_record(kind: Any) -> bool:
+    """Whether ``kind`` is a class :func:`record` made (not a subclass of one)."""
+    return isinstance(kind, type) and "__record__" in kind.__dict__
+
+
+def field_specs(kind: type) -> dict[str, Field]:
+    """A record class's fields, in order, with their defaults and options."""
+    spec: _Spec = kind.__dict__["__record__"]
+    return dict(spec.fields)
+
+
+def is_frozen(kind: type) -> bool:
+    """Whether a record class's instances refuse assignment."""
+    spec: _Spec = kind.__dict__["__record__"]
+    return spec.frozen
 
 
 def fields(obj: Any) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from reconciler.record import MISSING
+from reconciler.record import MISSING, field_specs, fields, is_frozen, is_record
 
 
 def dump(value: Any) -> Any:
@@ -44,19 +44,14 @@ _MIRRORS: dict[type, type] = {}
 _ORIGINALS: dict[type, type] = {}
 
 
-def _is_record(kind: Any) -> bool:
-    return isinstance(kind, type) and "__record__" in kind.__dict__
-
-
 def _mirror(kind: type) -> type:
     """The stdlib dataclass with ``kind``'s fields, defaults and options."""
     made = _MIRRORS.get(kind)
     if made is not None:
         return made
-    spec = kind.__dict__["__record__"]
     hints = typing.get_type_hints(kind, vars(sys.modules[kind.__module__]))
     specs: list[tuple[str, Any, Any]] = []
-    for name, one in spec.fields.items():
+    for name, one in field_specs(kind).items():
         if one.default is not MISSING:
             default = dataclasses.field(default=one.default)
         elif one.default_factory is not MISSING:
@@ -64,7 +59,7 @@ def _mirror(kind: type) -> type:
         else:
             default = dataclasses.field()
         specs.append((name, _substitute(hints[name]), default))
-    made = dataclasses.make_dataclass(kind.__name__, specs, frozen=spec.frozen)
+    made = dataclasses.make_dataclass(kind.__name__, specs, frozen=is_frozen(kind))
     made.__module__ = __name__
     _MIRRORS[kind] = made
     _ORIGINALS[made] = kind
@@ -73,7 +68,7 @@ def _mirror(kind: type) -> type:
 
 def _substitute(hint: Any) -> Any:
     """``hint`` with each record class in it replaced by its mirror."""
-    if _is_record(hint):
+    if is_record(hint):
         return _mirror(hint)
     args = typing.get_args(hint)
     if not args:
@@ -88,10 +83,9 @@ def _substitute(hint: Any) -> Any:
 
 
 def _to_mirror(value: Any) -> Any:
-    if _is_record(type(value)):
+    if is_record(type(value)):
         mirror = _mirror(type(value))
-        names = type(value).__dict__["__record__"].names
-        return mirror(**{name: _to_mirror(getattr(value, name)) for name in names})
+        return mirror(**{name: _to_mirror(getattr(value, name)) for name in fields(value)})
     if isinstance(value, tuple):
         return tuple(_to_mirror(item) for item in value)
     return value
